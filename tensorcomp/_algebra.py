@@ -1,0 +1,198 @@
+"""Multilinear algebra shared by every decomposition: unfolding, mode products,
+rank selection from a spectrum, and truncated eigen/singular subspaces computed
+from Gram matrices.
+
+Why Gram matrices: the truncations here only need the leading singular
+subspace of an unfolding ``X`` of shape ``(M, R)`` with ``M << R`` (activation
+tensors are short and wide in every mode). ``X @ X.T`` costs ``M * M * R``
+multiply-adds and runs at matrix-multiply speed on any backend; its symmetric
+eigendecomposition is an ``M x M`` problem solved once in float64 by LAPACK.
+A full SVD of ``X`` costs several times more and is far less parallel.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+import tensorly as tl
+
+__all__ = [
+    "unfold",
+    "mode_product",
+    "multi_mode_product",
+    "rank_for_energy",
+    "leading_subspace",
+    "truncated_svd",
+    "squared_norm",
+]
+
+
+def squared_norm(x: Any) -> float:
+    """Squared Frobenius norm of ``x`` as a Python float."""
+    return float(tl.to_numpy(tl.sum(x * x)))
+
+
+def unfold(x: Any, mode: int) -> Any:
+    """Mode-``mode`` unfolding: an ``(x.shape[mode], prod(other dims))`` matrix.
+
+    Columns follow TensorLy's convention (remaining modes in order, C-order).
+    """
+    shape = tl.shape(x)
+    return tl.reshape(tl.moveaxis(x, mode, 0), (shape[mode], -1))
+
+
+def mode_product(x: Any, matrix: Any, mode: int) -> Any:
+    """Mode-``mode`` product ``x ×_mode matrix`` with ``matrix`` of shape ``(J, x.shape[mode])``."""
+    product = tl.tensordot(matrix, x, axes=([1], [mode]))
+    return tl.moveaxis(product, 0, mode)
+
+
+def multi_mode_product(x: Any, matrices: Sequence[Any], modes: Sequence[int] | None = None) -> Any:
+    """Apply :func:`mode_product` for each ``(matrix, mode)``.
+
+    Modes are applied in the order that shrinks the tensor fastest (the one
+    with the smallest ratio ``J / x.shape[mode]`` first), which minimises the
+    work of the later products; the result does not depend on the order.
+    """
+    if modes is None:
+        modes = range(len(matrices))
+    pairs = list(zip(matrices, modes))
+    shape = tl.shape(x)
+    pairs.sort(key=lambda p: tl.shape(p[0])[0] / shape[p[1]])
+    for matrix, mode in pairs:
+        x = mode_product(x, matrix, mode)
+    return x
+
+
+def rank_for_energy(energies: np.ndarray, eps: float) -> int:
+    """Smallest ``K`` whose leading ``K`` energies hold at least a fraction ``eps`` of the total.
+
+    Parameters
+    ----------
+    energies : numpy.ndarray, shape (N,)
+        Squared singular values (or Gram eigenvalues) in decreasing order.
+    eps : float
+        Fraction of the total energy to keep. ``eps >= 1`` keeps all ``N``
+        components (exact reconstruction, whatever the rounding of the
+        cumulative sum); ``eps <= 0`` and an all-zero spectrum keep one.
+
+    Returns
+    -------
+    int
+        ``K`` in ``[1, N]`` with ``sum(energies[:K]) >= eps * sum(energies)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rank_for_energy(np.array([6.0, 3.0, 1.0]), 0.9)
+    2
+    >>> rank_for_energy(np.array([6.0, 3.0, 1.0]), 0.91)
+    3
+    """
+    n = len(energies)
+    if eps >= 1.0:
+        return n
+    total = float(np.sum(energies))
+    if eps <= 0.0 or total <= 0.0:
+        return 1
+    ratio = np.cumsum(energies) / total
+    return int(min(np.searchsorted(ratio, eps, side="left") + 1, n))
+
+
+def _sorted_eigh(gram: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenpairs of a symmetric matrix, largest first, in float64 NumPy."""
+    g = np.asarray(tl.to_numpy(gram), dtype=np.float64)
+    g = (g + g.T) * 0.5  # symmetrise away rounding of the product
+    values, vectors = scipy.linalg.eigh(g, driver="evd", check_finite=False)
+    values = np.clip(values[::-1], 0.0, None)
+    vectors = vectors[:, ::-1]
+    # Deterministic signs: the largest-magnitude entry of each vector is positive.
+    rows = np.argmax(np.abs(vectors), axis=0)
+    signs = np.sign(vectors[rows, np.arange(vectors.shape[1])])
+    signs[signs == 0] = 1.0
+    return values, vectors * signs
+
+
+def _orthonormal_columns(w: Any) -> Any:
+    """Orthonormal basis of ``w``'s columns, each column keeping its direction."""
+    q, r = tl.qr(w)
+    signs = tl.sign(tl.diag(r))
+    signs = tl.where(signs == 0, tl.ones(tl.shape(signs), **tl.context(signs)), signs)
+    return q * signs
+
+
+def _choose_rank(energies: np.ndarray, eps: float | None, rank: int | None) -> int:
+    return rank if rank is not None else rank_for_energy(energies, eps)
+
+
+def leading_subspace(x: Any, mode: int, *, eps: float | None = None, rank: int | None = None) -> tuple[Any, np.ndarray]:
+    """Leading left singular vectors of the mode-``mode`` unfolding of ``x``.
+
+    Parameters
+    ----------
+    x : tensor, shape (M_0, ..., M_{d-1})
+    mode : int
+    eps : float, optional
+        Keep the fewest vectors whose energy reaches this fraction.
+    rank : int, optional
+        Keep exactly this many vectors (overrides ``eps``).
+
+    Returns
+    -------
+    factor : tensor, shape (M_mode, K)
+        Orthonormal columns, same backend, dtype and device as ``x``.
+    energies : numpy.ndarray
+        The unfolding's squared singular values, largest first (float64).
+    """
+    shape = tl.shape(x)
+    rows = shape[mode]
+    cols = math.prod(shape) // rows
+    if rows <= cols or (rank is not None and rank > cols):
+        others = [m for m in range(len(shape)) if m != mode]
+        gram = tl.tensordot(x, x, axes=(others, others))
+        energies, vectors = _sorted_eigh(gram)
+        k = _choose_rank(energies, eps, rank)
+        factor = tl.tensor(np.ascontiguousarray(vectors[:, :k]), **tl.context(x))
+        return factor, energies
+    matrix = unfold(x, mode)
+    energies, vectors = _sorted_eigh(tl.dot(tl.transpose(matrix), matrix))
+    k = _choose_rank(energies, eps, rank)
+    right = tl.tensor(np.ascontiguousarray(vectors[:, :k]), **tl.context(x))
+    return _orthonormal_columns(tl.dot(matrix, right)), energies
+
+
+def truncated_svd(matrix: Any, *, eps: float | None = None, rank: int | None = None) -> tuple[Any, Any, Any, np.ndarray]:
+    """Truncated SVD ``matrix ≈ U @ diag(s) @ V.T`` from the smaller Gram matrix.
+
+    Parameters
+    ----------
+    matrix : tensor, shape (M, N)
+    eps, rank : see :func:`leading_subspace`.
+
+    Returns
+    -------
+    U : tensor, shape (M, K)
+    s : tensor, shape (K,)
+        Singular values, largest first.
+    V : tensor, shape (N, K)
+    energies : numpy.ndarray, shape (min(M, N),)
+        All squared singular values, largest first.
+    """
+    m, n = tl.shape(matrix)
+    transposed = m > n
+    if transposed:
+        matrix = tl.transpose(matrix)
+    energies, vectors = _sorted_eigh(tl.dot(matrix, tl.transpose(matrix)))
+    k = _choose_rank(energies, eps, rank)
+    left = tl.tensor(np.ascontiguousarray(vectors[:, :k]), **tl.context(matrix))
+    scaled_right = tl.dot(tl.transpose(matrix), left)  # (N, K): V @ diag(s)
+    s = tl.sqrt(tl.sum(scaled_right * scaled_right, axis=0))
+    safe = tl.where(s > 0, s, tl.ones(tl.shape(s), **tl.context(s)))
+    right = scaled_right / safe
+    if transposed:
+        left, right = right, left
+    return left, s, right, energies
