@@ -1,0 +1,134 @@
+"""Turning a torch activation into a stored decomposition and back, for every adapter.
+
+This is the one place where the adapters call the core: the saved-tensor hooks
+and the compressed layers both hold a :class:`Compressor` and store the
+:class:`Packed` objects it returns.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Hashable
+from typing import Any
+
+import torch
+
+from tensorcomp._validate import check_eps
+from tensorcomp.registry import get_method
+
+
+class Packed:
+    """An activation as stored for backward: a decomposition, or the tensor itself.
+
+    Attributes
+    ----------
+    result : object or None
+        The method's result; ``None`` when the tensor is kept as is.
+    tensor : torch.Tensor or None
+        The kept tensor when ``result`` is ``None``.
+    shape, dtype : the original activation's shape and dtype.
+    nbytes : int
+        Bytes stored.
+    original_nbytes : int
+        Bytes of the original activation.
+    rank : rank of the decomposition, or ``None``.
+    """
+
+    __slots__ = ("result", "tensor", "shape", "dtype", "nbytes", "original_nbytes", "rank", "__weakref__")
+
+    def __init__(self, source: torch.Tensor, result: Any = None) -> None:
+        self.shape = source.shape
+        self.dtype = source.dtype
+        self.original_nbytes = source.numel() * source.element_size()
+        self.result = result
+        self.tensor = source if result is None else None
+        self.nbytes = self.original_nbytes if result is None else int(result.nbytes)
+        self.rank = None if result is None else getattr(result, "rank", None)
+
+    def unpack(self) -> torch.Tensor:
+        """The activation (exact, or rebuilt from the decomposition), in its original shape and dtype."""
+        if self.result is None:
+            return self.tensor
+        return self.result.to_tensor().reshape(self.shape).to(self.dtype)
+
+
+class Compressor:
+    """Compress activations with a registered method, keeping per-layer warm-start state.
+
+    Parameters
+    ----------
+    method : str
+        A name from :func:`tensorcomp.available_methods`.
+    eps : float
+        Fraction of energy to keep, in (0, 1].
+    refresh_every : int, optional
+        For warm-startable methods (those accepting ``init=``): choose the
+        ranks afresh from ``eps`` every this many calls per layer; ``None``
+        keeps the first ranks for good.
+    **method_kwargs
+        Passed to the method on every call.
+
+    Raises
+    ------
+    ValueError
+        Unknown method (the message lists the available ones), or ``eps``
+        outside (0, 1], or a bad ``refresh_every``.
+    """
+
+    def __init__(self, method: str, eps: float = 0.9, *, refresh_every: int | None = None, **method_kwargs: Any) -> None:
+        self.method = method
+        self.fn = get_method(method)
+        self.eps = check_eps(eps)
+        try:
+            self.warm_start = "init" in inspect.signature(self.fn).parameters
+        except (TypeError, ValueError):
+            self.warm_start = False
+        if refresh_every is not None and (isinstance(refresh_every, bool) or not isinstance(refresh_every, int) or refresh_every < 1):
+            raise ValueError(f"refresh_every must be a positive integer or None; got refresh_every={refresh_every!r}")
+        self.refresh_every = refresh_every
+        self.method_kwargs = method_kwargs
+        self._previous: dict[Hashable, tuple[Any, int]] = {}
+        self._warned_nonfinite = False
+        self.nonfinite = 0
+
+    def reset(self) -> None:
+        """Forget the warm-start state of every layer."""
+        self._previous.clear()
+
+    def __call__(self, x: torch.Tensor, key: Hashable = None, *, matrix_view: bool = False) -> Packed:
+        """Compress ``x``; ``key`` names the layer for warm starts.
+
+        ``matrix_view=True`` presents a ``(..., D)`` tensor as ``(-1, D)``
+        (tokens x features for linear layers); the stored result is reshaped
+        back on unpack.
+        """
+        with torch.no_grad():
+            data = x.detach()
+            if matrix_view and data.dim() > 2:
+                data = data.reshape(-1, data.shape[-1])
+            kwargs = dict(self.method_kwargs)
+            kwargs["eps"] = self.eps
+            calls = 0
+            if self.warm_start and key in self._previous:
+                previous, calls = self._previous[key]
+                if self.refresh_every is None or calls % self.refresh_every != 0:
+                    kwargs["init"] = previous
+            try:
+                result = self.fn(data, **kwargs)
+            except ValueError:
+                if torch.isfinite(data).all():
+                    raise
+                self.nonfinite += 1
+                if not self._warned_nonfinite:
+                    warnings.warn(
+                        f"an activation of shape {tuple(x.shape)} holds NaN or Inf; it is stored uncompressed "
+                        "(further occurrences are counted in the memory stats, not warned)",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
+                    self._warned_nonfinite = True
+                return Packed(x.detach())
+            if self.warm_start:
+                self._previous[key] = (result, calls + 1)
+            return Packed(x, result)
