@@ -9,9 +9,17 @@ Two styles over the same core decompositions:
   from the factors.
 """
 
+from .grad_weight import conv2d_weight_from_factors, linear_weight_from_factors
+from .layers import CompressedConv2d, CompressedLinear, convert, memory_stats
 from .memory import ActivationMemory, LayerRecord
 
 __all__ = [
     "ActivationMemory",
     "LayerRecord",
+    "CompressedConv2d",
+    "CompressedLinear",
+    "convert",
+    "memory_stats",
+    "conv2d_weight_from_factors",
+    "linear_weight_from_factors",
 ]
