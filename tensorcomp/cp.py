@@ -7,6 +7,7 @@ import numbers
 import warnings
 from typing import Any
 
+import numpy as np
 import tensorly as tl
 from tensorly.decomposition import parafac
 
@@ -50,8 +51,9 @@ def _grow(x: Any, weights: Any, factors: list[Any], extra: int) -> tuple[Any, li
 def _shrink(weights: Any, factors: list[Any], rank: int) -> tuple[Any, list[Any]]:
     """The ``rank`` heaviest components of a normalised CP solution."""
     order = tl.to_numpy(tl.abs(weights)).argsort()[::-1][:rank].copy()
-    index = tl.tensor(order, dtype=tl.int64, **{k: v for k, v in tl.context(weights).items() if k == "device"})
-    return tl.take(weights, index, axis=0), [tl.take(f, index, axis=1) for f in factors]
+    # An integer array of the weights' own backend and device indexes them everywhere.
+    index = tl.tensor(order, **{k: v for k, v in tl.context(weights).items() if k == "device"})
+    return weights[index], [f[:, index] for f in factors]
 
 
 def cp(
@@ -131,8 +133,9 @@ def cp(
             raise ValueError(f"max_rank must be a positive integer; got max_rank={max_rank!r}")
         total = squared_norm(x) if peak > 0 else 0.0
         if total == 0.0:
-            zero_weights = tl.zeros((1,), **tl.context(x))
-            units = [tl.tensor([[1.0]] + [[0.0]] * (n - 1), **tl.context(x)) for n in shape]
+            components = 1 if rank is None else rank
+            zero_weights = tl.zeros((components,), **tl.context(x))
+            units = [tl.tensor(np.repeat(np.eye(n, 1), components, axis=1), **tl.context(x)) for n in shape]
             return CPResult(zero_weights, units, explained_variance=1.0)
         if rank is not None:
             weights, factors = _fit(x, rank, "svd", n_iter_max, tol)

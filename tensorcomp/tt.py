@@ -100,8 +100,10 @@ def tt(x: Any, eps: float = 0.9, *, rank: int | Sequence[int] | None = None) -> 
             if ranks is not None:
                 cap = min(ranks[k], *tl.shape(matrix))
                 u, _ = leading_subspace(matrix, 0, rank=cap)
+            elif total == 0.0:  # all zero: rank 1 suffices (the budget of 0 would keep every rank)
+                u, _ = leading_subspace(matrix, 0, rank=1)
             else:
-                here = squared_norm(matrix) if total > 0 else 0.0
+                here = squared_norm(matrix)
                 local_eps = 1.0 if budget <= 0.0 else (1.0 - budget / here if here > 0 else 0.0)
                 u, _ = leading_subspace(matrix, 0, eps=local_eps)
             r_next = tl.shape(u)[1]
