@@ -10,7 +10,6 @@ rebuilt. :func:`convert` swaps the layers of an existing model in place.
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Iterable
 from typing import Any
@@ -20,16 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from tensorcomp._validate import check_eps
-
 from ._compress import Compressor, Packed
 from .grad_weight import conv2d_padding, conv2d_weight_dense, conv2d_weight_from_factors, linear_weight_from_factors
 from .memory import ActivationMemory
 
 __all__ = ["CompressedConv2d", "CompressedLinear", "convert", "memory_stats"]
-
-_LAYER_TYPES = (nn.Conv2d, nn.Linear)
-
 
 class _StartStep:
     """Forward pre-hook opening a memory step for each training forward with gradients.
@@ -416,7 +410,7 @@ def convert(
     last : int, optional
         Convert the last ``last`` candidate layers (the paper's "last k
         layers" setting; the first layers' gradients are then exact).
-    layers : iterable of str, optional
+    layers : sequence of str, optional
         Names (as in ``model.named_modules()``) of the layers to convert.
     **method_kwargs
         Passed to the compressor and the method, e.g. ``refresh_every`` for

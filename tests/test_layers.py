@@ -369,3 +369,18 @@ def test_memory_record_is_an_activation_memory():
     assert memory_stats(model[2]) is memory_stats(model)
     assert "svd" in repr(model[2]) and "CompressedConv2d" in repr(model[2])
     assert tensorcomp.available_methods()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_gradients_match_vanilla_and_autocast_runs():
+    x = _image().cuda()
+    expected_input, expected = _grads(_cnn().cuda(), x)
+    model = convert(_cnn().cuda(), "hosvd", eps=1.0)
+    got_input, got = _grads(model, x)
+    torch.testing.assert_close(got_input, expected_input, rtol=1e-9, atol=1e-10)
+    _assert_grads_equal(got, expected)
+    model = model.float()
+    with torch.autocast("cuda", dtype=torch.float16):
+        out = model(x.float())
+    out.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
