@@ -380,6 +380,7 @@ def test_cuda_gradients_match_vanilla_and_autocast_runs():
     torch.testing.assert_close(got_input, expected_input, rtol=1e-9, atol=1e-10)
     _assert_grads_equal(got, expected)
     model = model.float()
+    model.zero_grad()
     with torch.autocast("cuda", dtype=torch.float16):
         out = model(x.float())
     out.float().sum().backward()
