@@ -42,6 +42,9 @@ def check_tensor(x: Any, *, min_order: int, method: str) -> tuple[Any, float]:
         )
     if any(n == 0 for n in shape):
         raise ValueError(f"x must not have empty dimensions; got shape {shape}")
+    if getattr(x, "requires_grad", False):
+        # Decompositions are not differentiable: keep their arrays out of autograd's graph.
+        x = x.detach()
     dtype = _dtype_name(x)
     if "complex" in dtype:
         raise TypeError(f"{method} supports real tensors only; got x of dtype {dtype}")
