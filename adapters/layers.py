@@ -25,6 +25,7 @@ from .memory import ActivationMemory
 
 __all__ = ["CompressedConv2d", "CompressedLinear", "convert", "memory_stats"]
 
+
 class _StartStep:
     """Forward pre-hook opening a memory step for each training forward with gradients.
 
@@ -96,7 +97,7 @@ def _autocast_dtype(device_type: str) -> torch.dtype | None:
 
 
 def _cast(tensors: Iterable[torch.Tensor | None], dtype: torch.dtype) -> list[torch.Tensor | None]:
-    return [None if t is None or not t.is_floating_point() else t.to(dtype) for t in tensors]
+    return [t if t is None or not t.is_floating_point() else t.to(dtype) for t in tensors]
 
 
 # -- convolution ---------------------------------------------------------------
