@@ -97,6 +97,8 @@ INVENTORIES: dict[str, tuple[str, str, str, list[tuple[str, str, str]]]] = {
             ("torch.cuda.max_memory_allocated", "py:function", "generated/torch.cuda.max_memory_allocated.html#$"),
             ("torch.cuda.reset_peak_memory_stats", "py:function", "generated/torch.cuda.reset_peak_memory_stats.html#$"),
             ("torch.utils.checkpoint.checkpoint", "py:function", "checkpoint.html#$"),
+            ("torch.autocast", "py:class", "amp.html#$"),
+            ("torch.optim.SGD", "py:class", "generated/torch.optim.SGD.html#$"),
         ],
     ),
     "tensorly": (
