@@ -9,8 +9,10 @@ Two styles over the same core decompositions:
   from the factors.
 """
 
+from .baselines import PatchMeans, QuantizedTensor, StoredTensor, offload, patch_mean, quantize
 from .grad_weight import conv2d_weight_from_factors, linear_weight_from_factors
 from .layers import CompressedConv2d, CompressedLinear, convert, memory_stats
+from .hooks import compress_activations
 from .memory import ActivationMemory, LayerRecord
 
 __all__ = [
@@ -22,4 +24,11 @@ __all__ = [
     "memory_stats",
     "conv2d_weight_from_factors",
     "linear_weight_from_factors",
+    "compress_activations",
+    "offload",
+    "patch_mean",
+    "quantize",
+    "PatchMeans",
+    "QuantizedTensor",
+    "StoredTensor",
 ]
