@@ -191,8 +191,15 @@ def truncated_svd(matrix: Any, *, eps: float | None = None, rank: int | None = N
     left = tl.tensor(np.ascontiguousarray(vectors[:, :k]), **tl.context(matrix))
     scaled_right = tl.dot(tl.transpose(matrix), left)  # (N, K): V @ diag(s)
     s = tl.sqrt(tl.sum(scaled_right * scaled_right, axis=0))
-    safe = tl.where(s > 0, s, tl.ones(tl.shape(s), **tl.context(s)))
-    right = scaled_right / safe
+    s_host = tl.to_numpy(s)
+    # Below sqrt(machine eps) * s_max the Gram matrix resolves no direction, so
+    # dividing by s would give non-orthonormal noise (or 0/0 for a zero matrix):
+    # such right vectors are taken as any orthonormal completion instead.
+    resolvable = float(s_host.max()) * math.sqrt(float(np.finfo(s_host.dtype).eps))
+    if float(s_host.min()) > resolvable:
+        right = scaled_right / s
+    else:
+        right = _orthonormal_columns(scaled_right)
     if transposed:
         left, right = right, left
     return left, s, right, energies

@@ -463,3 +463,14 @@ def test_register_rejects_bad_names(name):
 def test_register_rejects_a_non_callable():
     with pytest.raises(TypeError, match="fn must be callable"):
         tensorcomp.register("test_not_callable", 3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_svd_with_rank_above_the_matrix_rank_keeps_orthonormal_factors(dtype):
+    rng = np.random.default_rng(0)
+    matrix = (rng.standard_normal((30, 3)) @ rng.standard_normal((3, 50))).astype(dtype)
+    res = tensorcomp.svd(matrix, rank=10)
+    atol = 1e-5 if dtype == np.float32 else 1e-10
+    assert_orthonormal_columns(res.factors[0], atol=atol)
+    assert_orthonormal_columns(res.factors[1], atol=atol)
+    np.testing.assert_allclose(res.to_tensor(), matrix, atol=100 * atol)
