@@ -83,7 +83,15 @@ INVENTORIES: dict[str, tuple[str, str, str, list[tuple[str, str, str]]]] = {
             ("torch.Tensor", "py:class", "tensors.html#$"),
             ("torch.dtype", "py:class", "tensor_attributes.html#$"),
             ("torch.device", "py:class", "tensor_attributes.html#$"),
+            # Context managers PyTorch documents as classes and docstrings
+            # (ours and PyTorch's) cite with :func:; listed under both roles.
             ("torch.no_grad", "py:class", "generated/torch.no_grad.html#$"),
+            ("torch.no_grad", "py:function", "generated/torch.no_grad.html#$"),
+            ("torch.inference_mode", "py:class", "generated/torch.inference_mode.html#$"),
+            ("torch.inference_mode", "py:function", "generated/torch.inference_mode.html#$"),
+            ("torch.autocast", "py:function", "amp.html#$"),
+            ("torch.initial_seed", "py:function", "generated/torch.initial_seed.html#$"),
+            ("torch.Generator", "py:class", "generated/torch.Generator.html#$"),
             ("torch.nn.Module", "py:class", "generated/torch.nn.Module.html#$"),
             ("torch.nn.Conv2d", "py:class", "generated/torch.nn.Conv2d.html#$"),
             ("torch.nn.Linear", "py:class", "generated/torch.nn.Linear.html#$"),
