@@ -95,6 +95,9 @@ INVENTORIES: dict[str, tuple[str, str, str, list[tuple[str, str, str]]]] = {
             ("torch.nn.Module", "py:class", "generated/torch.nn.Module.html#$"),
             ("torch.nn.Conv2d", "py:class", "generated/torch.nn.Conv2d.html#$"),
             ("torch.nn.Linear", "py:class", "generated/torch.nn.Linear.html#$"),
+            # Where the layer classes are defined, as "Bases:" lines name them.
+            ("torch.nn.modules.conv.Conv2d", "py:class", "generated/torch.nn.Conv2d.html#torch.nn.Conv2d"),
+            ("torch.nn.modules.linear.Linear", "py:class", "generated/torch.nn.Linear.html#torch.nn.Linear"),
             ("torch.nn.Parameter", "py:class", "generated/torch.nn.parameter.Parameter.html#torch.nn.parameter.Parameter"),
             ("torch.nn.parameter.Parameter", "py:class", "generated/torch.nn.parameter.Parameter.html#$"),
             ("torch.nn.functional.conv2d", "py:function", "generated/torch.nn.functional.conv2d.html#$"),
