@@ -1,0 +1,67 @@
+"""What every benchmark writes beside its numbers: the machine, the command, the date; and its tables."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import os
+import platform
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_description(device: Any = "cpu", argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """The machine, software versions, date and exact command of a benchmark run."""
+    import numpy
+    import tensorly
+
+    meta: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m " + " ".join(
+            [Path(sys.argv[0]).stem if argv is None else "<main>"] + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)]
+        ),
+        "cpu": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "tensorly": tensorly.__version__,
+        "device": str(device),
+    }
+    try:
+        import torch
+
+        meta["torch"] = torch.__version__
+        meta["torch_threads"] = torch.get_num_threads()
+        if str(device).startswith("cuda") and torch.cuda.is_available():
+            meta["gpu"] = torch.cuda.get_device_name()
+    except ImportError:
+        pass
+    return meta
+
+
+def write_table(stem: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    """Write ``rows`` as ``stem.csv`` (metadata in leading ``#`` lines) and ``stem.json``."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    with open(stem.with_suffix(".csv"), "w", newline="") as f:
+        for key, value in meta.items():
+            f.write(f"# {key}: {value}\n")
+        if rows:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str) + "\n")
