@@ -474,3 +474,27 @@ def test_svd_with_rank_above_the_matrix_rank_keeps_orthonormal_factors(dtype):
     assert_orthonormal_columns(res.factors[0], atol=atol)
     assert_orthonormal_columns(res.factors[1], atol=atol)
     np.testing.assert_allclose(res.to_tensor(), matrix, atol=100 * atol)
+
+
+# ------------------------------------------------------------- shared helpers
+
+
+@pytest.mark.parametrize("shape", [(6, 5, 4, 3), (3, 4, 20, 2), (2, 30), (7, 1, 5)])
+def test_mode_gram_and_mode_product_match_the_unfolding_definitions(shape):
+    from tensorcomp import _algebra
+
+    x = np.random.default_rng(0).standard_normal(shape)
+    for mode, n in enumerate(shape):
+        matrix = np.random.default_rng(mode).standard_normal((3, n))
+        expected = np.moveaxis(np.tensordot(matrix, x, axes=([1], [mode])), 0, mode)
+        np.testing.assert_allclose(_algebra.mode_product(x, matrix, mode), expected, atol=1e-12)
+        np.testing.assert_allclose(_algebra.mode_gram(x, mode), unfolding(x, mode) @ unfolding(x, mode).T, atol=1e-12)
+
+
+@pytest.mark.parametrize("energies", [[6.0, 3.0, 1.0], [1.0, 1.0, 1.0, 1.0], [5.0, 0.0, 0.0]])
+@pytest.mark.parametrize("eps", [0.1, 0.5, 0.6, 0.9, 0.99])
+def test_rank_for_energy_agrees_with_the_written_out_rule(energies, eps):
+    energies = np.asarray(energies)
+    assert tensorcomp.rank_for_energy(energies, eps) == eps_rank(np.sqrt(energies), eps)
+    # eps = 1 keeps everything, even components of zero energy (exact reconstruction).
+    assert tensorcomp.rank_for_energy(energies, 1.0) == len(energies)
