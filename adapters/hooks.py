@@ -41,17 +41,41 @@ _PARAMETER_VIEW_NODES = frozenset(
 )
 
 
-class _Reshaped:
-    """A packed tensor shared with another saved view of the same memory, in this view's shape."""
+def _dense_strides(t: torch.Tensor) -> tuple[int, ...] | None:
+    """``t``'s strides if its elements tile a block of memory exactly (any dimension order), else None."""
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda pair: pair[1]):
+        if size == 1:
+            continue
+        if stride != expected:
+            return None
+        expected *= size
+    return t.stride()
 
-    __slots__ = ("packed", "shape")
 
-    def __init__(self, packed: Packed, shape: torch.Size) -> None:
+class _Saved:
+    """What the pack hook returns for a compressed tensor: the shared packed data and this view's layout.
+
+    Some backward kernels read saved tensors through raw pointers assuming
+    the layout they were saved with (the CPU layer-norm backward assumes
+    contiguous statistics), so the rebuilt tensor gets the saved tensor's
+    strides when they tile memory exactly, and is contiguous otherwise.
+    """
+
+    __slots__ = ("packed", "shape", "stride")
+
+    def __init__(self, packed: Packed, t: torch.Tensor) -> None:
         self.packed = packed
-        self.shape = shape
+        self.shape = t.shape
+        self.stride = None if t.is_contiguous() else _dense_strides(t)
 
     def unpack(self) -> torch.Tensor:
-        return self.packed.unpack().reshape(self.shape)
+        rebuilt = self.packed.unpack().reshape(self.shape)
+        if self.stride is None:
+            return rebuilt.contiguous()
+        if rebuilt.stride() == self.stride:
+            return rebuilt
+        return torch.empty_strided(self.shape, self.stride, dtype=rebuilt.dtype, device=rebuilt.device).copy_(rebuilt)
 
 
 class _Frame:
@@ -132,10 +156,13 @@ class compress_activations(torch.autograd.graph.saved_tensors_hooks):
       elements; never the module's parameters or buffers;
     - with ``model=None``: every floating-point saved tensor except leaves
       that require grad (parameters, inputs one asks gradients for) and
-      their views and casts. Buffers cannot be told apart from activations
-      there; ``min_numel`` leaves the usual small ones alone. With
-      ``model=None`` and autocast, the cast copies of frozen weights are
-      compressed too; pass the model to avoid it.
+      their views and casts. This includes the tensors nonlinearities save
+      for their own derivative (a ReLU's output, whose sign decides where
+      the gradient flows: even an exact reconstruction's round-off can flip
+      it at zero), so gradients change beyond the weight gradients. Buffers
+      cannot be told apart from activations there; ``min_numel`` leaves the
+      usual small ones alone. With autocast, the cast copies of frozen
+      weights are compressed too; pass the model to avoid it.
 
     In both modes integer and boolean tensors, tensors of order < 2 and
     tensors with fewer than ``min_numel`` elements are kept as is. One
@@ -251,7 +278,7 @@ class compress_activations(torch.autograd.graph.saved_tensors_hooks):
         self._handles: list[Any] = []
         self._frames: list[_Frame] = []
         self._parameter_storages: set[int] = set()
-        # (storage, offset, numel, dtype, device) -> (weakref to the saved tensor's owner, weakref to its Packed)
+        # (storage, offset, numel, dtype, device, layout) -> (weakref to the saved tensor's owner, weakref to its Packed)
         self._packed: dict[tuple[Any, ...], tuple[weakref.ref, weakref.ref]] = {}
         self._counts: dict[str, int] = {}
 
@@ -308,13 +335,16 @@ class compress_activations(torch.autograd.graph.saved_tensors_hooks):
                 return kept
             name, matrix_view = f"saved_{sum(self._counts.values())}", False
 
-        key = (_storage_ptr(t), t.storage_offset(), t.numel(), t.dtype, t.device)
+        # Contiguous views of the same memory are reshapes of one another;
+        # any other layout (a transpose) is a different tensor of the same memory.
+        layout = "contiguous" if t.is_contiguous() else (tuple(t.shape), t.stride())
+        key = (_storage_ptr(t), t.storage_offset(), t.numel(), t.dtype, t.device, layout)
         cached = self._packed.get(key)
         if cached is not None:
             source, packed = cached[0](), cached[1]()
             # Alive source: the memory was not freed and reused by another tensor since.
             if source is not None and packed is not None:
-                return packed if packed.shape == t.shape else _Reshaped(packed, t.shape)
+                return _Saved(packed, t)
 
         index = self._counts.get(name, 0)
         self._counts[name] = index + 1
@@ -325,7 +355,7 @@ class compress_activations(torch.autograd.graph.saved_tensors_hooks):
         self.stats.record(name, original_bytes=packed.original_nbytes, stored_bytes=packed.nbytes, rank=packed.rank)
         owner = t._base if t._base is not None else t
         self._packed[key] = (weakref.ref(owner), weakref.ref(packed))
-        return packed
+        return _Saved(packed, t)
 
     # -- module hooks -------------------------------------------------------
     def _push(self, name: str) -> Callable[..., None]:
