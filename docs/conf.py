@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import sys
 from pathlib import Path
 
 from sphinx.util import logging
@@ -21,6 +22,7 @@ import tensorcomp
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE / "_ext"))
 
 project = "tensorcomp"
 author = "The tensorcomp developers"
@@ -35,9 +37,10 @@ extensions = [
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
     "numpydoc",
+    "results_tables",
 ]
 
-exclude_patterns = ["_build", "_inventories", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "_inventories", "_ext", "Thumbs.db", ".DS_Store"]
 templates_path: list[str] = []
 default_role = "obj"
 pygments_style = "sphinx"
