@@ -201,8 +201,9 @@ class compress_activations(torch.autograd.graph.saved_tensors_hooks):
         a new one by default.
     **method_kwargs
         Passed to the method (e.g. ``rank=``, ``n_iter=``), and
-        ``refresh_every=`` for warm-started methods (see
-        :class:`~tensorcomp.adapters._compress.Compressor`).
+        ``refresh_every=`` for warm-started methods (choose the ranks afresh
+        from ``eps`` every this many steps per layer; by default the first
+        step's ranks are kept).
 
     Attributes
     ----------

@@ -502,3 +502,17 @@ def test_rebuilt_tensors_get_the_saved_layout_back():
     reference = _grads(model, x)
     ctx = compress_activations(model, "exact_other_layout", min_numel=1)
     _assert_same(_grads(model, x, ctx), reference, atol=1e-12, rtol=1e-10)
+
+
+def test_cp_through_the_hooks_on_a_rank_one_activation():
+    # CP at eps=1 would search ranks up to the dense size; a rank-one input is found at rank 1, exactly.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 2, 3)).double()
+    a, b, c, d = (torch.randn(n, dtype=torch.float64) for n in (3, 2, 6, 5))
+    x = torch.einsum("i,j,k,l->ijkl", a, b, c, d)
+    reference = _grads(model, x)
+    ctx = compress_activations(model, "cp", eps=0.999, min_numel=1)
+    _assert_same(_grads(model, x, ctx), reference, atol=1e-9, rtol=1e-7)
+    record = ctx.stats.per_layer["0"]
+    assert record["ranks"] == [1]
+    assert record["peak_bytes"] == (1 + 3 + 2 + 6 + 5) * 8
