@@ -516,3 +516,30 @@ def test_cp_through_the_hooks_on_a_rank_one_activation():
     record = ctx.stats.per_layer["0"]
     assert record["ranks"] == [1]
     assert record["peak_bytes"] == (1 + 3 + 2 + 6 + 5) * 8
+
+
+@pytest.mark.parametrize("method, freed", [("hosvd", True), ("quant4", True), ("vanilla", False)])
+def test_compressed_activations_are_not_kept_alive_by_the_graph(method, freed):
+    import weakref
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3))  # the first output is only saved by the second conv
+    refs = []
+    model[0].register_forward_hook(lambda m, i, o: refs.append(weakref.ref(o.untyped_storage())))
+    x = torch.randn(2, 3, 20, 20)
+    with compress_activations(model, method, eps=0.8):
+        out = model(x)
+    assert (refs[0]() is None) == freed
+    out.sum().backward()
+    assert model[0].weight.grad is not None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_peak_is_recorded_per_step():
+    model, x = _cnn(torch.float32)
+    model, x = model.cuda(), x.detach().cuda()
+    ctx = compress_activations(model, "hosvd", eps=0.8)
+    for _ in range(2):
+        _grads(model, x, ctx)
+    assert len(ctx.stats.cuda_max_allocated) == 2 and min(ctx.stats.cuda_max_allocated) > 0
+    assert ctx.stats.num_steps == 2
