@@ -6,7 +6,7 @@ Why Gram matrices: the truncations here only need the leading singular
 subspace of an unfolding ``X`` of shape ``(M, R)`` with ``M << R`` (activation
 tensors are short and wide in every mode). ``X @ X.T`` costs ``M * M * R``
 multiply-adds and runs at matrix-multiply speed on any backend; its symmetric
-eigendecomposition is an ``M x M`` problem solved once in float64 by LAPACK.
+eigendecomposition is an ``M x M`` problem solved once by LAPACK on the host.
 A full SVD of ``X`` costs several times more and is far less parallel.
 """
 

@@ -32,7 +32,7 @@ def hosvd(x: Any, eps: float = 0.9, *, rank: int | Sequence[int] | None = None) 
     vectors of the mode-``n`` unfolding ``X_(n)``: the fewest ``K_n`` with
     ``sum_{i<=K_n} s_i^2 / ||x||^2 >= eps``. The core is
     ``x ×_1 U_1^T ... ×_d U_d^T``. The singular subspaces come from the
-    eigendecomposition of ``X_(n) X_(n)^T`` (``M_n x M_n``, float64), which
+    eigendecomposition of ``X_(n) X_(n)^T`` (``M_n x M_n``), which
     gives the same ranks and subspaces as an SVD of the unfolding at a
     fraction of its cost.
 
