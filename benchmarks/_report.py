@@ -24,6 +24,14 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _command(argv: Sequence[str] | None) -> str:
+    """``python -m <module> <args>`` as the run was started (``argv`` when called through ``main(argv)``)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    module = spec.name if spec is not None else Path(sys.argv[0]).stem
+    args = sys.argv[1:] if argv is None else list(argv)
+    return " ".join(["python -m", module, *map(shlex.quote, args)])
+
+
 def machine_description(device: Any = "cpu", argv: Sequence[str] | None = None) -> dict[str, Any]:
     """The machine, software versions, date and exact command of a benchmark run."""
     import numpy
@@ -31,9 +39,7 @@ def machine_description(device: Any = "cpu", argv: Sequence[str] | None = None) 
 
     meta: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m " + " ".join(
-            [Path(sys.argv[0]).stem if argv is None else "<main>"] + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)]
-        ),
+        "command": _command(argv),
         "cpu": _cpu_model(),
         "cpu_cores": os.cpu_count(),
         "python": platform.python_version(),
