@@ -49,7 +49,8 @@ def _format(value: Any, digits: int) -> str:
 
 
 def _literal(text: str) -> str:
-    return "``" + text.replace("`", "'") + "``"
+    text = " ".join(text.split()).replace("`", "'")
+    return "``" + text + "``" if text else "–"
 
 
 class ResultsTable(SphinxDirective):
@@ -94,7 +95,7 @@ class ResultsTable(SphinxDirective):
                 lines.append(("   * - " if j == 0 else "     - ") + cell)
         shown = [f"{k}: {_literal(str(meta[k])) if k == 'command' else meta[k]}" for k in _META_SHOWN if k in meta]
         caption = self.options.get("caption")
-        lines += ["", "   " * 0 + f"*Source:* ``benchmarks/results/{stem}.json``" + ("; " + "; ".join(shown) if shown else ".")]
+        lines += ["", f"*Source:* ``benchmarks/results/{stem}.json``" + ("; " + "; ".join(shown) if shown else ".")]
 
         container = nodes.container(classes=["results-table"])
         if caption:
