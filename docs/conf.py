@@ -38,6 +38,7 @@ extensions = [
     "sphinx.ext.viewcode",
     "numpydoc",
     "results_tables",
+    "benchmark_help",
 ]
 
 exclude_patterns = ["_build", "_inventories", "_ext", "Thumbs.db", ".DS_Store"]
