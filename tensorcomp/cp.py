@@ -29,7 +29,12 @@ def _fit(x: Any, rank: int, init: tuple[Any, list[Any]] | str, n_iter_max: int, 
         # TensorLy warns that a given init combined with normalize_factors is
         # "not recommended"; warm starts are exactly what this module wants.
         warnings.filterwarnings("ignore", message="It is not recommended to initialize", category=UserWarning)
-        weights, factors = parafac(x, rank, init=init, n_iter_max=n_iter_max, tol=tol, normalize_factors=True)
+        # TensorLy's ALS with normalize_factors=True hits a singular system on
+        # matrices (order 2) of rank > 1; normalising after the fit is equivalent.
+        normalize = tl.ndim(x) > 2
+        weights, factors = parafac(x, rank, init=init, n_iter_max=n_iter_max, tol=tol, normalize_factors=normalize)
+    if not normalize:
+        weights, factors = tl.cp_normalize((weights, factors))
     return weights, list(factors)
 
 
