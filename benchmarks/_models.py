@@ -1,0 +1,103 @@
+"""Models of the fine-tuning benchmarks and the "last k layers trainable" setting."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+MODELS = ("smallcnn", "resnet18", "resnet34", "mobilenet_v2")
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
+
+
+class SmallCNN(nn.Module):
+    """Five 3x3 conv-BN-ReLU blocks (two of stride 2), global average pooling and a linear classifier.
+
+    Six conv/linear layers in all; sized for 32x32 inputs (maps 32, 16, 16,
+    8, 8), it trains in seconds on a CPU.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16) -> None:
+        super().__init__()
+        w = width
+        plan = [(in_channels, w, 1), (w, 2 * w, 2), (2 * w, 2 * w, 1), (2 * w, 4 * w, 2), (4 * w, 4 * w, 1)]
+        blocks: list[nn.Module] = []
+        for cin, cout, stride in plan:
+            blocks += [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+        self.features = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(4 * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def build_model(name: str, in_channels: int, num_classes: int, seed: int = 0) -> tuple[nn.Module, int]:
+    """A randomly initialised model (seeded) and the number of input channels it expects.
+
+    torchvision's architectures take 3 channels (a grey dataset is repeated)
+    and get a ``num_classes``-way classifier; no pretrained weights are used.
+    """
+    torch.manual_seed(seed)
+    if name == "smallcnn":
+        return SmallCNN(in_channels, num_classes), in_channels
+    if name in MODELS:
+        import torchvision
+
+        return getattr(torchvision.models, name)(weights=None, num_classes=num_classes), 3
+    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+
+
+def candidate_layers(model: nn.Module) -> list[str]:
+    """Names of the ``nn.Conv2d``/``nn.Linear`` layers, in registration order (what ``convert(last=k)`` counts)."""
+    return [name for name, m in model.named_modules() if name and type(m) in (nn.Conv2d, nn.Linear)]
+
+
+class FineTuneSetting:
+    """The last ``k`` conv/linear layers trainable, everything before them frozen.
+
+    Trainable: the parameters of the last ``k`` candidate layers and of the
+    normalisation layers registered after the first of them (those keep
+    updating their statistics, as they would in any fine-tuning of the top of
+    a network). Frozen: every other parameter; the normalisation layers before
+    the first trainable layer stay in evaluation mode so that the frozen part
+    computes exactly what it computed after pretraining.
+
+    Parameters
+    ----------
+    model : nn.Module
+    k : int
+        Number of trailing conv/linear layers to train, ``1 <= k <= len(candidate_layers(model))``.
+    """
+
+    def __init__(self, model: nn.Module, k: int) -> None:
+        names = candidate_layers(model)
+        if not 1 <= k <= len(names):
+            raise ValueError(f"#layers must be between 1 and {len(names)} for this model; got {k}")
+        self.trainable_layers = names[-k:]
+        order = [name for name, _ in model.named_modules()]
+        first = order.index(self.trainable_layers[0])
+        self.frozen_norms = [name for name in order[1:first] if isinstance(model.get_submodule(name), _NORMS)]
+        trainable_norms = [
+            name for name in order[first:] if name and isinstance(model.get_submodule(name), _NORMS)
+        ]
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for name in [*self.trainable_layers, *trainable_norms]:
+            for p in model.get_submodule(name).parameters():
+                p.requires_grad_(True)
+        self.model = model
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def train(self) -> None:
+        """Training mode for the trainable part, evaluation mode for the frozen normalisation layers."""
+        self.model.train()
+        for name in self.frozen_norms:
+            self.model.get_submodule(name).eval()
+
+
+def count_parameters(params: Sequence[nn.Parameter]) -> int:
+    return sum(p.numel() for p in params)
