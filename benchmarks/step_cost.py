@@ -1,0 +1,324 @@
+"""Per-layer and per-step cost of activation compression against vanilla training.
+
+Fine-tunes (one step at a time, timed) the last 1, 2 and 4 conv layers of
+torchvision's resnet18 and mobilenet_v2 (random initialisation, earlier layers
+frozen) on a batch of real images, at 32x32 and 224x224, and reports:
+
+- per step: forward and backward milliseconds and the activation bytes the
+  compressed layers store, vanilla against each method;
+- per layer: the cost of a plain conv forward+backward, of the decomposition,
+  of the weight gradient computed from the factors and of the same gradient
+  computed by rebuilding the activation (``to_tensor`` then
+  ``torch.nn.grad.conv2d_weight``), and of one warm-started subspace step.
+
+Run ``python -m benchmarks.step_cost --help`` for the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import tensorcomp
+from tensorcomp.adapters import conv2d_weight_from_factors, convert, memory_stats
+
+from ._data import DeviceImages, channel_stats, load_dataset
+from ._models import build_model
+from ._report import machine_description, write_table
+
+MODELS = ("resnet18", "mobilenet_v2")
+# CIFAR-10 beside the checkout, as the project's shared data is laid out.
+DEFAULT_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
+
+
+def load_image_batch(
+    dataset: str, data_root: str | None, n: int, size: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """``n`` real training images at ``size`` x ``size``.
+
+    ``dataset="auto"`` takes CIFAR-10 from ``data_root`` or the shared folder
+    when there is one, else the embedded digits.
+    """
+    root = data_root or (str(DEFAULT_CIFAR) if DEFAULT_CIFAR.is_dir() else None)
+    if dataset == "auto":
+        dataset = "cifar10" if root else "digits"
+    data = load_dataset(dataset, root)
+    index = np.random.default_rng(0).permutation(len(data.train_labels))[:n]
+    mean, std = channel_stats(data.train_images[index])
+    images = DeviceImages(data.train_images[index], data.train_labels[index], size, mean, std, device, channels=3)
+    x, y = images.batch(np.arange(len(index)))
+    return x, y, f"{data.name} ({data.source})"
+
+
+def last_convs(model: nn.Module, k: int) -> list[str]:
+    """Names of the last ``k`` ``nn.Conv2d`` layers, in registration (= forward) order."""
+    convs = [name for name, m in model.named_modules() if type(m) is nn.Conv2d]
+    return convs[-k:]
+
+
+def _freeze_all_but(model: nn.Module, names: Sequence[str]) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name in names:
+        model.get_submodule(name).weight.requires_grad_(True)
+
+
+def _median_ms(fn: Callable[[], Any], repeats: int, sync: Callable[[], None]) -> float:
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def time_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, repeats: int, sync) -> tuple[float, float]:
+    """Median forward and backward milliseconds of one training step (after one warm-up)."""
+    fwd, bwd = [], []
+    for i in range(repeats + 1):
+        model.zero_grad(set_to_none=True)
+        sync()
+        t0 = time.perf_counter()
+        loss = F.cross_entropy(model(images), labels)
+        sync()
+        t1 = time.perf_counter()
+        loss.backward()
+        sync()
+        t2 = time.perf_counter()
+        if i:  # the first step warms up allocators and kernels
+            fwd.append((t1 - t0) * 1e3)
+            bwd.append((t2 - t1) * 1e3)
+    return statistics.median(fwd), statistics.median(bwd)
+
+
+def capture(model: nn.Module, names: Sequence[str], images: torch.Tensor, labels: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each named layer's input activation and output gradient in one vanilla step."""
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    handles = []
+    for name in names:
+        layer = model.get_submodule(name)
+
+        def keep(module: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor, n: str = name) -> None:
+            seen[n].append(args[0].detach())
+            out.register_hook(lambda grad: seen[n].append(grad.detach()))
+
+        handles.append(layer.register_forward_hook(keep))
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(images), labels).backward()
+    for h in handles:
+        h.remove()
+    return {n: (v[0], v[1]) for n, v in seen.items()}
+
+
+def layer_costs(
+    model: nn.Module, name: str, act: torch.Tensor, act_next: torch.Tensor, grad_out: torch.Tensor,
+    methods: Sequence[str], eps_values: Sequence[float], repeats: int, sync,
+) -> list[dict[str, Any]]:
+    """Milliseconds of each piece of one layer's compressed step, against the plain conv's."""
+    conv: nn.Conv2d = model.get_submodule(name)
+    geometry = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups)
+    weight = conv.weight.detach()
+
+    def plain_conv() -> None:
+        x = act.detach().requires_grad_(True)
+        w = weight.detach().requires_grad_(True)
+        F.conv2d(x, w, None, **geometry).backward(grad_out)
+
+    conv_ms = _median_ms(plain_conv, repeats, sync)
+    rows = []
+    for method in methods:
+        for eps in eps_values:
+            if method == "subspace":
+                # Warm start from the previous batch's factors, as in training.
+                init = tensorcomp.hosvd(act, eps)
+                run = lambda: tensorcomp.subspace_iteration(act_next, eps, init=init)  # noqa: E731
+            else:
+                run = lambda: tensorcomp.decompose(act, method, eps=eps)  # noqa: E731
+            result = run()
+            decompose_ms = _median_ms(run, repeats, sync)
+            factor_ms = _median_ms(lambda: conv2d_weight_from_factors(result, weight.shape, grad_out, **geometry), repeats, sync)
+            rebuild_ms = _median_ms(
+                lambda: torch.nn.grad.conv2d_weight(result.to_tensor(), weight.shape, grad_out, **geometry), repeats, sync
+            )
+            rows.append({
+                "layer": name,
+                "shape": "x".join(map(str, act.shape)),
+                "method": method,
+                "eps": eps,
+                "rank": str(result.rank),
+                "original_bytes": act.numel() * act.element_size(),
+                "stored_bytes": result.nbytes,
+                "conv_fwd_bwd_ms": conv_ms,
+                "decompose_ms": decompose_ms,
+                "grad_weight_factors_ms": factor_ms,
+                "grad_weight_rebuild_ms": rebuild_ms,
+                "factors_vs_rebuild": rebuild_ms / factor_ms,
+                "compress_vs_conv": decompose_ms / conv_ms,
+            })
+    return rows
+
+
+def step_costs(
+    base: nn.Module, depth: int, images: torch.Tensor, labels: torch.Tensor,
+    methods: Sequence[str], eps_values: Sequence[float], repeats: int, sync,
+) -> list[dict[str, Any]]:
+    """Forward/backward time and stored bytes of a whole training step, per method."""
+    names = last_convs(base, depth)
+    rows = []
+    for method, eps in [(None, None)] + [(m, e) for m in methods for e in eps_values]:
+        model = copy.deepcopy(base)
+        _freeze_all_but(model, names)
+        if method is not None:  # vanilla is the untouched torch model
+            convert(model, method, eps, layers=names)
+        fwd, bwd = time_step(model, images, labels, repeats, sync)
+        row = {"depth": depth, "method": method or "vanilla", "eps": "" if method is None else eps,
+               "forward_ms": fwd, "backward_ms": bwd, "step_ms": fwd + bwd}
+        if method is not None:
+            mem = memory_stats(model)
+            row.update(stored_bytes=mem.peak_bytes, original_bytes=mem.original_bytes,
+                       ranks="; ".join(str(v["ranks"][-1]) for v in mem.per_layer.values()))
+        rows.append(row)
+    # What vanilla autograd keeps for these layers: their inputs, uncompressed.
+    rows[0].update(stored_bytes=rows[1]["original_bytes"], original_bytes=rows[1]["original_bytes"], ranks="")
+    vanilla = rows[0]
+    for row in rows:
+        row["step_vs_vanilla"] = row["step_ms"] / vanilla["step_ms"]
+        row["memory_vs_vanilla"] = vanilla["stored_bytes"] / row["stored_bytes"]
+    return rows
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.step_cost", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--sizes", nargs="+", type=int, default=[32, 224], help="image sizes (default: 32 224)")
+    parser.add_argument("--layers", nargs="+", type=int, default=[1, 2, 4], help="numbers of trailing conv layers fine-tuned")
+    parser.add_argument("--methods", nargs="+", default=["svd", "hosvd", "subspace"])
+    parser.add_argument("--eps", nargs="+", type=float, default=[0.8, 0.9])
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per measurement (median reported)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--dataset", default="auto", choices=("auto", "cifar10", "digits"))
+    parser.add_argument("--data-root", default=None, help="CIFAR-10 folder, either layout (default: ../shared/data/cifar10 beside the checkout when present, else the embedded digits)")
+    parser.add_argument("--out", default="benchmarks/results/step_cost", help="output folder")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    for method in args.methods:
+        if method not in tensorcomp.available_methods():
+            print(f"error: unknown method {method!r}; available: {', '.join(tensorcomp.available_methods())}", file=sys.stderr)
+            return 2
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but no CUDA device is available", file=sys.stderr)
+        return 2
+    if args.batch_size < 1 or args.repeats < 1 or min(args.layers) < 1:
+        print("error: --batch-size, --repeats and --layers must be positive integers", file=sys.stderr)
+        return 2
+    if not all(0.0 < e <= 1.0 for e in args.eps):
+        print(f"error: --eps values must be in (0, 1]; got {args.eps}", file=sys.stderr)
+        return 2
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    from tqdm import tqdm
+
+    step_rows, layer_rows = [], []
+    jobs = [(m, s) for m in args.models for s in args.sizes]
+    for model_name, size in tqdm(jobs, desc="model x size"):
+        images, labels, source = load_image_batch(args.dataset, args.data_root, 2 * args.batch_size, size, device)
+        first, second = images[: args.batch_size], images[args.batch_size :]
+        y1, y2 = labels[: args.batch_size], labels[args.batch_size :]
+        base = build_model(model_name, 3, 10)[0].to(device).train()
+        for depth in tqdm(args.layers, desc=f"{model_name}@{size}", leave=False):
+            for row in step_costs(base, depth, first, y1, args.methods, args.eps, args.repeats, sync):
+                step_rows.append({"model": model_name, "size": size, "data": source, **row})
+        names = last_convs(base, max(args.layers))
+        probe = copy.deepcopy(base)
+        _freeze_all_but(probe, names)
+        now, later = capture(probe, names, first, y1), capture(probe, names, second, y2)
+        for name in names:
+            act, grad_out = now[name]
+            rows = layer_costs(probe, name, act, later[name][0], grad_out, args.methods, args.eps, args.repeats, sync)
+            layer_rows += [{"model": model_name, "size": size, **r} for r in rows]
+
+    out = Path(args.out)
+    meta = machine_description(device, argv)
+    write_table(out / "steps", step_rows, meta)
+    write_table(out / "layers", layer_rows, meta)
+    plot(step_rows, layer_rows, out / "step_cost.png")
+    print(summary(step_rows, layer_rows))
+    return 0
+
+
+def summary(step_rows: list[dict[str, Any]], layer_rows: list[dict[str, Any]]) -> str:
+    lines = ["step cost (median ms; ratios vs vanilla at the same depth)",
+             f"{'model':<13}{'size':>5}{'depth':>6} {'method':<9}{'eps':>5}{'fwd':>9}{'bwd':>9}{'x time':>8}{'x less mem':>11}"]
+    for r in step_rows:
+        lines.append(
+            f"{r['model']:<13}{r['size']:>5}{r['depth']:>6} {r['method']:<9}{str(r['eps']):>5}"
+            f"{r['forward_ms']:>9.1f}{r['backward_ms']:>9.1f}{r['step_vs_vanilla']:>8.2f}{r['memory_vs_vanilla']:>11.2f}"
+        )
+    lines += ["", "per layer (median ms)",
+              f"{'model':<13}{'size':>5} {'layer':<22}{'method':<9}{'eps':>5}{'conv':>8}{'decomp':>8}{'gW fac':>8}{'gW rebuild':>11}"]
+    for r in layer_rows:
+        lines.append(
+            f"{r['model']:<13}{r['size']:>5} {r['layer']:<22}{r['method']:<9}{r['eps']:>5}{r['conv_fwd_bwd_ms']:>8.2f}"
+            f"{r['decompose_ms']:>8.2f}{r['grad_weight_factors_ms']:>8.2f}{r['grad_weight_rebuild_ms']:>11.2f}"
+        )
+    return "\n".join(lines)
+
+
+def plot(step_rows: list[dict[str, Any]], layer_rows: list[dict[str, Any]], path: Path) -> None:
+    """Step-time and memory ratios to vanilla, and factor vs rebuild weight-gradient time per layer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    configs = sorted({(r["method"], r["eps"]) for r in step_rows if r["method"] != "vanilla"}, key=str)
+    groups = sorted({(r["model"], r["size"], r["depth"]) for r in step_rows})
+    width = 0.8 / max(len(configs), 1)
+    for i, (method, eps) in enumerate(configs):
+        sel = {(r["model"], r["size"], r["depth"]): r for r in step_rows if (r["method"], r["eps"]) == (method, eps)}
+        xs = [j + i * width for j in range(len(groups))]
+        axes[0].bar(xs, [sel[g]["step_vs_vanilla"] for g in groups], width, label=f"{method} eps={eps}")
+        axes[1].bar(xs, [sel[g]["memory_vs_vanilla"] for g in groups], width, label=f"{method} eps={eps}")
+    labels = [f"{m}\n{s}px L{d}" for m, s, d in groups]
+    for ax, title in zip(axes[:2], ["training step time / vanilla", "vanilla stored bytes / method's"]):
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))], labels, fontsize=6, rotation=90)
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_title(title)
+    axes[0].axhline(1.5, color="r", lw=0.8, ls="--", label="1.5x target")
+    axes[1].set_yscale("log")
+    axes[0].legend(fontsize=6)
+    pairs = [(r["grad_weight_rebuild_ms"], r["grad_weight_factors_ms"], r["method"]) for r in layer_rows if r["method"] != "subspace"]
+    for method in sorted({p[2] for p in pairs}):
+        pts = [(a, b) for a, b, m in pairs if m == method]
+        axes[2].scatter([a for a, _ in pts], [b for _, b in pts], label=method, s=12)
+    lim = max([max(a, b) for a, b, _ in pairs] or [1.0])
+    axes[2].plot([1e-3, lim], [1e-3, lim], "k--", lw=0.8, label="equal time")
+    axes[2].set(xscale="log", yscale="log", xlabel="rebuild + conv2d_weight (ms)", ylabel="from factors (ms)",
+                title="weight gradient per layer: below the line = factors faster")
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
