@@ -15,8 +15,9 @@ same way.
 
 With no arguments it runs a complete comparison on data shipped with
 scikit-learn (no download): handwritten digits upsampled to 32x32, a small
-CNN, every method, eps 0.8 and 0.9, the last 2 and 4 layers (a few minutes
-on two CPU cores). ``--dataset cifar10 --data-root DIR --model resnet18``
+CNN, every method but CP (whose ALS fits cost seconds per training step on a
+CPU; ``--methods all`` adds it), eps 0.8 and 0.9, the last 2 and 4 layers (a
+few minutes on two CPU cores). ``--dataset cifar10 --data-root DIR --model resnet18``
 runs the real-scale version.
 
 A decomposition of your own is compared by name once registered::
@@ -77,6 +78,9 @@ DEFAULTS = {
 DEFAULT_EPS = (0.8, 0.9)
 DEFAULT_LAYERS = ("2", "4")
 DEFAULT_CP_MAX_RANK = 4
+DEFAULT_CP_ITERS = 20
+#: The default comparison: every method but CP, whose ALS fits (one per candidate rank, every step) cost seconds per step on a CPU.
+DEFAULT_METHODS = tuple(m for m in METHODS if m != "cp")
 RESULTS = Path(__file__).resolve().parent / "results"
 PROG = "python -m benchmarks.compare"
 
@@ -102,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "Default (no arguments): --dataset digits (scikit-learn's handwritten digits, no download) "
-            "--model smallcnn --image-size 32, all methods, --eps 0.8 0.9, --layers 2 4, "
+            "--model smallcnn --image-size 32, all methods but cp (its ALS fits cost seconds per step on a CPU; "
+            "add it with --methods all), --eps 0.8 0.9, --layers 2 4, "
             f"--epochs {DEFAULTS['digits']['epochs']} --pretrain-epochs {DEFAULTS['digits']['pretrain_epochs']}: "
             "a few minutes on two CPU cores. Real scale: --dataset cifar10 --data-root DIR --model resnet18 "
             f"(--image-size 224, --epochs {DEFAULTS['cifar10']['epochs']}, "
@@ -112,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = parser.add_argument
-    add("--methods", nargs="+", default=["all"], metavar="NAME",
+    add("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="NAME",
         help=f"methods to compare (space or comma separated; 'all' = {' '.join(METHODS)}); "
         "any method registered with tensorcomp.register works by name")
     add("--eps", nargs="+", type=float, default=list(DEFAULT_EPS),
@@ -140,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest CP rank the eps search may reach (CP fits one ALS problem per candidate rank "
         "on every step; higher is slower; activations rarely reach eps at small CP ranks, so CP "
         "usually runs at this rank and keeps less energy than eps)")
+    add("--cp-iters", type=int, default=DEFAULT_CP_ITERS,
+        help="ALS iterations of each CP fit (tensorcomp.cp's n_iter_max; its own default is 100)")
     add("--note", default="", help="free text stored in the run's metadata and printed with the table")
     add("--no-cache", action="store_true", help="do not read or write cached checkpoints and decoded images")
     add("--no-progress", action="store_true", help="no progress bars")
@@ -212,6 +219,7 @@ def check_args(args: argparse.Namespace) -> None:
         "--batch-size": args.batch_size,
         "--image-size": args.image_size,
         "--cp-max-rank": args.cp_max_rank,
+        "--cp-iters": args.cp_iters,
         "--limit-train": args.limit_train,
         "--limit-test": args.limit_test,
     }
@@ -268,7 +276,7 @@ def run_one(setup: Any, method: str, eps: float | None, k: int, args: argparse.N
     torch.manual_seed(args.seed)
     model = setup.pretrained_model()
     setting = FineTuneSetting(model, k)
-    kwargs: dict[str, Any] = {"max_rank": args.cp_max_rank} if method == "cp" else {}
+    kwargs: dict[str, Any] = {"max_rank": args.cp_max_rank, "n_iter_max": args.cp_iters} if method == "cp" else {}
     convert(model, method, 0.9 if eps is None else eps, last=k, **kwargs)
     schedule = Schedule(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=0.0, weight_decay=1e-4, clip=2.0,
@@ -473,6 +481,7 @@ def _main(argv: Sequence[str] | None) -> int:
         "trainable": "the last k conv/linear layers (convert(..., last=k)) and the normalisation layers after the first of them",
         "memory": "bytes the converted layers store for backward per step (memory_stats); peak/mean/std over fine-tuning steps",
         "cp_max_rank": args.cp_max_rank,
+        "cp_iters": args.cp_iters,
         "methods": methods,
         "eps": args.eps,
         "layers": layers,

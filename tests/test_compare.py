@@ -133,7 +133,7 @@ def test_help_states_the_default_grid(capsys):
     assert compare.main(["--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "--eps 0.8 0.9, --layers 2 4" in text
-    assert "all methods" in text
+    assert "all methods but cp" in text
 
 
 def test_rank_summary_and_table():
@@ -159,4 +159,5 @@ def test_eps_free_methods_are_registered():
 
     assert compare.EPS_FREE <= set(tensorcomp.available_methods())
     assert set(compare.METHODS) <= set(tensorcomp.available_methods())
+    assert set(compare.DEFAULT_METHODS) == set(compare.METHODS) - {"cp"}
     assert np.all([m in compare.METHODS for m in compare.EPS_FREE])
