@@ -161,3 +161,44 @@ def test_eps_free_methods_are_registered():
     assert set(compare.METHODS) <= set(tensorcomp.available_methods())
     assert set(compare.DEFAULT_METHODS) == set(compare.METHODS) - {"cp"}
     assert np.all([m in compare.METHODS for m in compare.EPS_FREE])
+
+
+def test_gradient_snr_grows_with_eps_and_input_gradients_are_exact(tmp_path):
+    from benchmarks import gradient_snr
+
+    argv = [
+        "--limit-train", "96", "--pretrain-epochs", "1", "--batch-size", "16", "--batches", "1",
+        "--methods", "hosvd", "--eps", "0.5", "0.95", "--out", str(tmp_path),
+    ]
+    assert gradient_snr.main(argv) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    layers = {r["layer"] for r in rows}
+    assert len(rows) == 2 * len(layers) == 12
+    for layer in layers:
+        low, high = (next(r for r in rows if r["layer"] == layer and r["eps"] == e) for e in (0.5, 0.95))
+        # HOSVD keeps eps of each mode's energy, so of the whole it keeps less; but more at a higher eps.
+        assert 0.5 ** 4 <= low["kept_energy"] <= high["kept_energy"]
+        assert high["snr_measured"] >= low["snr_measured"]
+        assert low["snr_predicted"] == 4.0
+    assert max(r["input_grad_max_rel_diff"] for r in rows) < 1e-5
+    assert (tmp_path / "snr.png").is_file()
+
+
+def test_rank_evolution_records_every_step(tmp_path):
+    from benchmarks import rank_evolution
+
+    argv = [
+        "--limit-train", "96", "--pretrain-epochs", "1", "--epochs", "2", "--batch-size", "16",
+        "--eps", "0.5", "0.95", "--layers", "2", "--out", str(tmp_path), "--no-progress",
+    ]
+    assert rank_evolution.main(argv) == 0
+    rows = _rows(tmp_path / "results.csv")
+    steps = {int(r["step"]) for r in rows}
+    assert steps == set(range(1, max(steps) + 1)) and len(steps) >= 4
+    # Step 1 sees the same model and batch at both eps: HOSVD keeps at least as many directions per mode at 0.95.
+    first = {(r["eps"], r["layer"], r["mode"]): int(r["rank"]) for r in rows if r["step"] == "1"}
+    for (eps, layer, mode), rank in first.items():
+        if eps == "0.5":
+            assert first[("0.95", layer, mode)] >= rank
+    assert {r["layer"] for r in rows} == {"features.12", "classifier"}
+    assert (tmp_path / "ranks.png").is_file()

@@ -1,0 +1,264 @@
+"""How much the weight gradients change when activations are kept as truncated decompositions.
+
+For each ``eps``, the last ``k`` conv/linear layers of a pretrained model (the
+setup B of :mod:`benchmarks.compare`) are converted with
+``tensorcomp.adapters.convert(model, method, eps, last=k)`` and one training
+batch is run forward and backward, next to the same model unconverted. For
+each converted layer it reports
+
+- the measured signal-to-noise ratio of the weight gradient,
+  ``SNR = ||dW||^2 / ||dW - dW_eps||^2`` (``dW``: exact gradient,
+  ``dW_eps``: gradient computed from the stored decomposition), averaged
+  (geometrically) over ``--batches`` batches;
+- the paper's prediction ``1 / (1 - eps)^2``;
+- the energy actually kept by the decomposition of the layer's input (at
+  least ``eps``; the ranks are integers) and the SNR of the activation
+  itself, ``||X||^2 / ||X - X_eps||^2 = 1 / (1 - kept)``;
+
+and checks that the gradient with respect to the network's input is
+unchanged: compression only touches what a layer stores to compute its
+*weight* gradient; the gradient it passes on needs only its weight.
+
+Outputs ``results.csv``/``results.json`` and ``snr.png`` under
+``benchmarks/results/gradient_snr/``. Default: the embedded digits and the
+small CNN, every layer, HOSVD and SVD (seconds on a CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import tensorcomp
+from tensorcomp.adapters import convert
+
+from ._data import DataError, load_dataset
+from ._models import MODELS, FineTuneSetting, candidate_layers
+from ._report import machine_description, write_table
+from ._training import setup_b
+from .compare import DEFAULTS, UsageError, _Parser
+
+RESULTS = Path(__file__).resolve().parent / "results" / "gradient_snr"
+DEFAULT_EPS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+PROG = "python -m benchmarks.gradient_snr"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Measured SNR of compressed weight gradients against the prediction 1/(1-eps)^2; input gradients unchanged.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--methods", nargs="+", default=["hosvd", "svd"], help="decompositions to measure")
+    add("--eps", nargs="+", type=float, default=list(DEFAULT_EPS), help="energy fractions kept, in (0, 1)")
+    add("--layers", default="all", help="number k of trailing conv/linear layers converted, or 'all'")
+    add("--batches", type=int, default=2, help="training batches averaged over")
+    add("--batch-size", type=int, default=128)
+    add("--dataset", default="digits", help="digits (embedded) or cifar10")
+    add("--data-root", default=None, metavar="DIR", help="CIFAR-10 folder (see benchmarks.compare)")
+    add("--model", default=None, help=f"one of {', '.join(MODELS)} (default: smallcnn for digits, resnet18 for cifar10)")
+    add("--image-size", type=int, default=None, help="default: 32 for digits, 224 for cifar10")
+    add("--pretrain-epochs", type=int, default=None, help="pretraining epochs (default: as benchmarks.compare)")
+    add("--limit-train", type=int, default=None, metavar="N", help="use N training images (seeded random subset)")
+    add("--seed", type=int, default=0)
+    add("--device", default="cpu")
+    add("--out", type=Path, default=RESULTS, help="results folder")
+    return parser
+
+
+def _gradients(model: nn.Module, names: Sequence[str], x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Weight gradients of ``names`` and the gradient with respect to the input, in float64."""
+    model.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_(True)
+    F.cross_entropy(model(x), y).backward()
+    grads = {name: model.get_submodule(name).weight.grad.detach().double().clone() for name in names}
+    return grads, x.grad.detach().double()
+
+
+def _layer_inputs(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    inputs: dict[str, torch.Tensor] = {}
+    handles = [
+        model.get_submodule(name).register_forward_pre_hook(lambda m, args, name=name: inputs.__setitem__(name, args[0].detach()))
+        for name in names
+    ]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return inputs
+
+
+def measure(setup: Any, methods: Sequence[str], eps_values: Sequence[float], k: int | None, batches: int, batch_size: int, seed: int) -> list[dict[str, Any]]:
+    """One row per (method, eps, layer): measured and predicted SNR, kept energy, input-gradient check."""
+    reference = setup.pretrained_model()
+    k = k or len(candidate_layers(reference))
+    setting = FineTuneSetting(reference, k)
+    names = setting.trainable_layers
+    # Evaluation-mode normalisation: both models compute exactly the same
+    # forward, so any gradient difference comes from the stored activations.
+    reference.eval()
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(setup.finetune), generator=generator)
+    data = [setup.finetune.batch(order[i * batch_size : (i + 1) * batch_size]) for i in range(batches)]
+    exact = [_gradients(reference, names, x, y) for x, y in data]
+    inputs = [_layer_inputs(reference, names, x) for x, _ in data]
+    rows = []
+    for method in methods:
+        for eps in eps_values:
+            model = copy.deepcopy(reference)
+            convert(model, method, eps, layers=names)
+            model.eval()
+            for module in model.modules():  # compressed layers store decompositions in training mode only
+                if hasattr(module, "compressor"):
+                    module.train()
+            log_snr = {name: 0.0 for name in names}
+            kept = {name: 0.0 for name in names}
+            input_diff = 0.0
+            for (x, y), (grads, grad_x), acts in zip(data, exact, inputs):
+                approx, approx_x = _gradients(model, names, x, y)
+                input_diff = max(input_diff, float((approx_x - grad_x).abs().max() / grad_x.abs().max().clamp_min(1e-30)))
+                for name in names:
+                    noise = float((grads[name] - approx[name]).square().sum())
+                    signal = float(grads[name].square().sum())
+                    log_snr[name] += math.log10(signal / max(noise, 1e-300))
+                    view = acts[name]
+                    if view.dim() > 2 and method == "svd" and isinstance(model.get_submodule(name), nn.Linear):
+                        view = view.reshape(-1, view.shape[-1])
+                    kept[name] += tensorcomp.decompose(view, method, eps=eps).explained_variance
+            for name in names:
+                kept_energy = kept[name] / len(data)
+                snr = 10 ** (log_snr[name] / len(data))
+                predicted = 1.0 / (1.0 - eps) ** 2
+                rows.append({
+                    "method": method,
+                    "eps": eps,
+                    "layer": name,
+                    "kept_energy": round(kept_energy, 5),
+                    "snr_measured": round(snr, 3),
+                    "snr_predicted": round(predicted, 3),
+                    "measured_over_predicted": round(snr / predicted, 3),
+                    "activation_snr": round(1.0 / max(1.0 - kept_energy, 1e-12), 3),
+                    "input_grad_max_rel_diff": float(f"{input_diff:.3g}"),
+                })
+    return rows
+
+
+def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, axes = plt.subplots(1, len(methods), figsize=(5.5 * len(methods), 4.5), squeeze=False, sharey=True)
+    eps_grid = sorted({r["eps"] for r in rows})
+    fine = [e for e in (i / 200 for i in range(int(min(eps_grid) * 200), int(max(eps_grid) * 200) + 1))]
+    for ax, method in zip(axes[0], methods):
+        layers = list(dict.fromkeys(r["layer"] for r in rows if r["method"] == method))
+        for i, layer in enumerate(layers):
+            points = sorted((r["eps"], r["snr_measured"]) for r in rows if r["method"] == method and r["layer"] == layer)
+            ax.plot(*zip(*points), "o-", color=plt.get_cmap("tab10")(i % 10), label=layer, markersize=4)
+        ax.plot(fine, [1 / (1 - e) ** 2 for e in fine], "k--", label="1/(1-ε)² (paper)")
+        ax.plot(fine, [1 / (1 - e) for e in fine], "k:", label="1/(1-ε)")
+        ax.set_yscale("log")
+        ax.set_xlabel("ε (energy kept)")
+        ax.set_title(method)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("weight-gradient SNR  ||dW||² / ||dW - dW_ε||²")
+    axes[0][-1].legend(fontsize=7, loc="upper left")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the measurement; returns the exit status (2 for bad input, with a one-line message)."""
+    try:
+        return _main(argv)
+    except UsageError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    import tensorcomp.adapters  # noqa: F401
+
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:
+        return int(done.code or 0)
+    if args.dataset not in DEFAULTS:
+        raise UsageError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(DEFAULTS)}")
+    args.model = args.model or DEFAULTS[args.dataset]["model"]
+    args.image_size = args.image_size or DEFAULTS[args.dataset]["image_size"]
+    args.pretrain_epochs = args.pretrain_epochs or DEFAULTS[args.dataset]["pretrain_epochs"]
+    if args.model not in MODELS:
+        raise UsageError(f"unknown model {args.model!r}; choose one of {', '.join(MODELS)}")
+    unknown = [m for m in args.methods if m not in tensorcomp.available_methods()]
+    if unknown:
+        raise UsageError(f"unknown method {', '.join(map(repr, unknown))}; available: {', '.join(tensorcomp.available_methods())}")
+    if any(not 0 < e < 1 for e in args.eps):
+        raise UsageError(f"--eps values must be in (0, 1) (at 1 the noise is zero); got {args.eps}")
+    try:
+        k = None if args.layers == "all" else int(args.layers)
+    except ValueError:
+        raise UsageError(f"--layers takes a positive integer or 'all'; got {args.layers!r}") from None
+    try:
+        images = load_dataset(args.dataset, args.data_root)
+    except DataError as error:
+        raise UsageError(str(error)) from None
+    images = images.limited(args.limit_train, None, seed=args.seed)
+    setup = setup_b(
+        images, args.model, image_size=args.image_size, pretrain_epochs=args.pretrain_epochs,
+        batch_size=args.batch_size, seed=args.seed, device=args.device, progress=False,
+    )
+    if args.batches * args.batch_size > len(setup.finetune):
+        raise UsageError(
+            f"--batches {args.batches} of --batch-size {args.batch_size} need {args.batches * args.batch_size} "
+            f"fine-tuning images; there are {len(setup.finetune)}"
+        )
+    try:
+        rows = measure(setup, args.methods, args.eps, k, args.batches, args.batch_size, args.seed)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    meta = machine_description(args.device, argv)
+    meta.update(setup.info)
+    meta.update({
+        "batches": args.batches,
+        "batch_size": args.batch_size,
+        "snr": "||dW||^2 / ||dW - dW_eps||^2 per layer, geometric mean over batches; models in evaluation-mode normalisation",
+        "prediction": "1 / (1 - eps)^2 (paper); activation_snr = 1 / (1 - kept_energy)",
+    })
+    write_table(args.out / "results", rows, meta)
+    title = f"{args.dataset}, {args.model} {args.image_size}px, {args.batches} batches of {args.batch_size}"
+    plot(rows, args.out / "snr.png", title)
+    header = f"{'method':<7} {'eps':>5} {'layer':<22} {'kept':>7} {'SNR':>10} {'1/(1-eps)^2':>12} {'ratio':>7} {'input grad diff':>16}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['method']:<7} {r['eps']:>5g} {r['layer']:<22} {r['kept_energy']:>7.4f} {r['snr_measured']:>10.2f} "
+            f"{r['snr_predicted']:>12.2f} {r['measured_over_predicted']:>7.2f} {r['input_grad_max_rel_diff']:>16.2e}"
+        )
+    below = [r for r in rows if r["measured_over_predicted"] < 1]
+    worst = max(r["input_grad_max_rel_diff"] for r in rows)
+    print(f"\nmeasured SNR at or above the prediction in {len(rows) - len(below)} of {len(rows)} (method, eps, layer) cases")
+    print(f"largest relative change of the input gradient: {worst:.2e}")
+    print(f"written: {args.out / 'results.csv'}, {args.out / 'results.json'}, {args.out / 'snr.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""How the HOSVD ranks chosen by ``eps`` move during fine-tuning (the paper's Figures 3 and 8).
+
+Fine-tunes the last ``k`` conv/linear layers of a pretrained model (setup B
+of :mod:`benchmarks.compare`, same loop and schedule) with
+``convert(model, "hosvd", eps, last=k)`` and records, at every training
+step, the rank ``K_j`` HOSVD keeps along each mode ``j`` of each compressed
+layer's input (batch, channels, height, width for a convolution). Plots one
+panel per layer, one line per mode and ``eps``, against the training step.
+
+Outputs ``results.csv``/``results.json`` (one row per step, eps, layer and
+mode) and ``ranks.png`` under ``benchmarks/results/rank_evolution/``.
+Default: the embedded digits and the small CNN, the last 4 layers, eps 0.8
+and 0.9, 10 epochs (under a minute on a CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tensorcomp.adapters import convert, memory_stats
+
+from ._data import DataError, load_dataset
+from ._models import MODELS, FineTuneSetting, candidate_layers
+from ._report import machine_description, write_table
+from ._training import Schedule, setup_b, train
+from .compare import DEFAULTS, UsageError, _Parser
+
+RESULTS = Path(__file__).resolve().parent / "results" / "rank_evolution"
+PROG = "python -m benchmarks.rank_evolution"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Per-mode HOSVD ranks chosen by eps at every fine-tuning step.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--method", default="hosvd", help="a Tucker-format method (hosvd, tucker, subspace) or svd")
+    add("--eps", nargs="+", type=float, default=[0.8, 0.9], help="energy fractions kept, in (0, 1]")
+    add("--layers", default="4", help="number k of trailing conv/linear layers fine-tuned and compressed, or 'all'")
+    add("--epochs", type=int, default=10, help="fine-tuning epochs")
+    add("--batch-size", type=int, default=128)
+    add("--lr", type=float, default=0.05)
+    add("--dataset", default="digits", help="digits (embedded) or cifar10")
+    add("--data-root", default=None, metavar="DIR", help="CIFAR-10 folder (see benchmarks.compare)")
+    add("--model", default=None, help=f"one of {', '.join(MODELS)} (default: smallcnn for digits, resnet18 for cifar10)")
+    add("--image-size", type=int, default=None, help="default: 32 for digits, 224 for cifar10")
+    add("--pretrain-epochs", type=int, default=None, help="pretraining epochs (default: as benchmarks.compare)")
+    add("--limit-train", type=int, default=None, metavar="N")
+    add("--seed", type=int, default=0)
+    add("--device", default="cpu")
+    add("--out", type=Path, default=RESULTS, help="results folder")
+    add("--no-progress", action="store_true")
+    return parser
+
+
+def _as_tuple(rank: Any) -> tuple[int, ...]:
+    return tuple(int(r) for r in rank) if isinstance(rank, (list, tuple)) else (int(rank),)
+
+
+def record_ranks(setup: Any, method: str, eps: float, k: int, schedule: Schedule, progress: bool) -> list[dict[str, Any]]:
+    """Fine-tune with ``method`` at ``eps``; one row per (step, layer, mode) with the rank kept."""
+    torch.manual_seed(schedule.seed)
+    model = setup.pretrained_model()
+    setting = FineTuneSetting(model, k)
+    convert(model, method, eps, last=k)
+    steps_per_epoch = max(1, len(setup.finetune) // schedule.batch_size)
+    train(
+        model, setup.finetune, schedule, setting.parameters(), set_train_mode=setting.train,
+        progress=f"{method} eps={eps:g}" if progress else None,
+    )
+    rows = []
+    for step, record in enumerate(memory_stats(model).steps, start=1):
+        for layer, entry in record.items():
+            rank = entry.ranks[0]
+            if rank is None:
+                continue
+            for mode, k_j in enumerate(_as_tuple(rank), start=1):
+                rows.append({
+                    "method": method, "eps": eps, "step": step, "epoch": (step - 1) / steps_per_epoch,
+                    "layer": layer, "mode": mode, "rank": k_j,
+                    "stored_bytes": entry.stored_bytes, "original_bytes": entry.original_bytes,
+                })
+    return rows
+
+
+def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    eps_values = sorted({r["eps"] for r in rows})
+    styles = dict(zip(eps_values, ["-", "--", ":", "-."] * 4))
+    cols = min(4, len(layers))
+    nrows = -(-len(layers) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)
+    mode_names = {1: "K1 batch", 2: "K2 channels", 3: "K3 height", 4: "K4 width"}
+    for ax, layer in zip(axes.flat, layers):
+        modes = sorted({r["mode"] for r in rows if r["layer"] == layer})
+        for mode in modes:
+            color = plt.get_cmap("tab10")(mode - 1)
+            for eps in eps_values:
+                points = sorted((r["epoch"], r["rank"]) for r in rows if r["layer"] == layer and r["mode"] == mode and r["eps"] == eps)
+                if points:
+                    label = f"{mode_names.get(mode, f'K{mode}') if len(modes) > 1 else 'rank'}, ε={eps:g}"
+                    ax.plot(*zip(*points), styles[eps], color=color, label=label, linewidth=1.2)
+        ax.set_title(layer, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("rank kept")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(layers):]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the recording; returns the exit status (2 for bad input, with a one-line message)."""
+    try:
+        return _main(argv)
+    except UsageError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    import tensorcomp
+    import tensorcomp.adapters  # noqa: F401
+
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:
+        return int(done.code or 0)
+    if args.dataset not in DEFAULTS:
+        raise UsageError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(DEFAULTS)}")
+    args.model = args.model or DEFAULTS[args.dataset]["model"]
+    args.image_size = args.image_size or DEFAULTS[args.dataset]["image_size"]
+    args.pretrain_epochs = args.pretrain_epochs or DEFAULTS[args.dataset]["pretrain_epochs"]
+    if args.model not in MODELS:
+        raise UsageError(f"unknown model {args.model!r}; choose one of {', '.join(MODELS)}")
+    if args.method not in tensorcomp.available_methods():
+        raise UsageError(f"unknown method {args.method!r}; available: {', '.join(tensorcomp.available_methods())}")
+    if any(not 0 < e <= 1 for e in args.eps):
+        raise UsageError(f"--eps values must be in (0, 1]; got {args.eps}")
+    try:
+        images = load_dataset(args.dataset, args.data_root)
+    except DataError as error:
+        raise UsageError(str(error)) from None
+    images = images.limited(args.limit_train, None, seed=args.seed)
+    setup = setup_b(
+        images, args.model, image_size=args.image_size, pretrain_epochs=args.pretrain_epochs,
+        batch_size=args.batch_size, seed=args.seed, device=args.device, progress=not args.no_progress,
+    )
+    num_layers = len(candidate_layers(setup.build()))
+    try:
+        k = num_layers if args.layers == "all" else int(args.layers)
+    except ValueError:
+        raise UsageError(f"--layers takes a positive integer or 'all'; got {args.layers!r}") from None
+    if not 1 <= k <= num_layers:
+        raise UsageError(f"--layers {k}: the model has {num_layers} conv/linear layers; choose 1..{num_layers} or 'all'")
+    schedule = Schedule(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=0.0, weight_decay=1e-4, clip=2.0,
+        seed=args.seed, flip=args.dataset != "digits",
+    )
+    rows: list[dict[str, Any]] = []
+    for eps in args.eps:
+        rows += record_ranks(setup, args.method, eps, k, schedule, not args.no_progress)
+    meta = machine_description(args.device, argv)
+    meta.update(setup.info)
+    meta.update({"method": args.method, "layers": k, "finetune_schedule": vars(schedule)})
+    write_table(args.out / "results", rows, meta)
+    title = f"{args.method} ranks during fine-tuning: {args.dataset}, {args.model} {args.image_size}px, last {k} layers"
+    plot(rows, args.out / "ranks.png", title)
+    # Summary: first and last step's ranks per layer and eps.
+    print(f"{'eps':>5}  {'layer':<22} {'first step':<22} {'last step':<22} {'min..max per mode'}")
+    for eps in args.eps:
+        for layer in dict.fromkeys(r["layer"] for r in rows):
+            mine = [r for r in rows if r["eps"] == eps and r["layer"] == layer]
+            if not mine:
+                continue
+            modes = sorted({r["mode"] for r in mine})
+            last = max(r["step"] for r in mine)
+
+            def at(step: int) -> str:
+                return "x".join(str(r["rank"]) for r in sorted(mine, key=lambda r: r["mode"]) if r["step"] == step)
+
+            spans = " ".join(f"{min(r['rank'] for r in mine if r['mode'] == m)}..{max(r['rank'] for r in mine if r['mode'] == m)}" for m in modes)
+            print(f"{eps:>5g}  {layer:<22} {at(1):<22} {at(last):<22} {spans}")
+    print(f"written: {args.out / 'results.csv'}, {args.out / 'results.json'}, {args.out / 'ranks.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
