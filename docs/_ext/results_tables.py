@@ -12,8 +12,10 @@ typed by hand::
        :caption: Fine-tuning the last two layers
 
 ``:columns:`` picks and orders columns (default: all); ``:where:`` keeps rows
-whose columns equal the given values (compared as text); ``:digits:`` is the
-number of significant digits of floats (default 4).
+whose columns equal the given values (compared as text); ``:bytes:`` lists
+columns holding byte counts, shown in KiB/MiB/GiB; ``:digits:`` is the
+number of significant digits of floats (default 4); ``:meta:`` names
+metadata entries to show before the machine description.
 """
 
 from __future__ import annotations
@@ -43,9 +45,20 @@ def _format(value: Any, digits: int) -> str:
             return "–"
         if value == int(value) and abs(value) < 1e15:
             return str(int(value))
+        if abs(value) >= 10 ** (digits - 1):  # no exponent for large values: round to units
+            return f"{value:.0f}"
         return f"{value:.{digits}g}"
     text = str(value)
     return text.replace("|", "\\|") if text else "–"
+
+
+def _format_bytes(value: Any) -> str:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+        return _format(value, 4)
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(value) >= size:
+            return f"{value / size:.3g} {unit}"
+    return f"{value:.0f} B"
 
 
 def _literal(text: str) -> str:
@@ -61,6 +74,8 @@ class ResultsTable(SphinxDirective):
         "where": directives.unchanged,
         "caption": directives.unchanged,
         "digits": directives.positive_int,
+        "bytes": directives.unchanged,
+        "meta": directives.unchanged,
     }
 
     def run(self) -> list[nodes.Node]:
@@ -87,13 +102,23 @@ class ResultsTable(SphinxDirective):
         if missing:
             raise self.error(f"results-table: {stem} has no column(s) {missing}; columns: {list(rows[0])}")
         digits = self.options.get("digits", 4)
+        byte_columns = {c.strip() for c in self.options.get("bytes", "").split(",") if c.strip()}
 
         lines = [".. list-table::", "   :header-rows: 1", ""]
         for i, row in enumerate([{c: c for c in columns}, *rows]):
             for j, column in enumerate(columns):
-                cell = _literal(column) if i == 0 else _format(row[column], digits)
+                if i == 0:
+                    cell = _literal(column)
+                elif column in byte_columns:
+                    cell = _format_bytes(row[column])
+                else:
+                    cell = _format(row[column], digits)
                 lines.append(("   * - " if j == 0 else "     - ") + cell)
-        shown = [f"{k}: {_literal(str(meta[k])) if k == 'command' else meta[k]}" for k in _META_SHOWN if k in meta]
+        extra = [k.strip() for k in self.options.get("meta", "").split(",") if k.strip()]
+        unknown = [k for k in extra if k not in meta]
+        if unknown:
+            raise self.error(f"results-table: the metadata of {stem} has no {unknown}; keys: {list(meta)}")
+        shown = [f"{k}: {_literal(str(meta[k])) if k == 'command' else meta[k]}" for k in (*extra, *_META_SHOWN) if k in meta]
         caption = self.options.get("caption")
         lines += ["", f"*Source:* ``benchmarks/results/{stem}.json``" + ("; " + "; ".join(shown) if shown else ".")]
 
