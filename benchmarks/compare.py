@@ -112,20 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
             "a few minutes on two CPU cores. Real scale: --dataset cifar10 --data-root DIR --model resnet18 "
             f"(--image-size 224, --epochs {DEFAULTS['cifar10']['epochs']}, "
             f"--pretrain-epochs {DEFAULTS['cifar10']['pretrain_epochs']} by default). "
-            "Pretrained checkpoints and decoded images are cached under $TENSORCOMP_CACHE or ~/.cache/tensorcomp."
+            "Pretrained checkpoints and decoded images are cached under $TENSORCOMP_CACHE or ~/.cache/tensorcomp. "
+            "A decomposition of your own: register it with tensorcomp.register(name, fn) in a script, then call "
+            "benchmarks.compare.main(['--methods', 'vanilla', 'hosvd', name])."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = parser.add_argument
     add("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="NAME",
         help=f"methods to compare (space or comma separated; 'all' = {' '.join(METHODS)}); "
-        "any method registered with tensorcomp.register works by name")
+        "any method registered with tensorcomp.register works by name (default: every method but cp)")
     add("--eps", nargs="+", type=float, default=list(DEFAULT_EPS),
-        help="energy fractions to keep, in (0, 1]; methods without a threshold "
-        f"({', '.join(sorted(EPS_FREE))}) run once per depth")
+        help="energy fractions to keep, in (0, 1], as each method defines it (HOSVD: of each mode's energy); "
+        f"methods without a threshold ({', '.join(sorted(EPS_FREE))}) run once per depth (default: 0.8 0.9)")
     add("--layers", nargs="+", default=list(DEFAULT_LAYERS), metavar="K",
-        help="numbers k of trailing conv/linear layers to fine-tune (and compress), or 'all'")
-    add("--dataset", default="digits", help="digits (embedded) or cifar10")
+        help="numbers k of trailing conv/linear layers to fine-tune (and compress), or 'all' (default: 2 4)")
+    add("--dataset", default="digits", help="digits (embedded, the default) or cifar10")
     add("--data-root", default=None, metavar="DIR",
         help="CIFAR-10 folder: cifar-10-batches-py/ (torchvision's layout) or train/<class>/*.jpg + test/ "
         "(ImageFolder layout); default $TENSORCOMP_DATA_ROOT")
@@ -133,20 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
     add("--image-size", type=int, default=None, help="side of the square input images (default: 32 for digits, 224 for cifar10)")
     add("--epochs", type=int, default=None, help="fine-tuning epochs (default: per dataset, see below)")
     add("--pretrain-epochs", type=int, default=None, help="pretraining epochs on the first half (default: per dataset)")
-    add("--batch-size", type=int, default=128, help="batch size of pretraining and fine-tuning")
-    add("--lr", type=float, default=0.05, help="fine-tuning learning rate (cosine decay to 0)")
-    add("--seed", type=int, default=0, help="seed of the split, the initialisation and the data order")
-    add("--device", default="cpu", help="cpu or cuda")
+    add("--batch-size", type=int, default=128, help="batch size of pretraining and fine-tuning (default: 128)")
+    add("--lr", type=float, default=0.05, help="fine-tuning learning rate, decayed to 0 by a cosine (default: 0.05)")
+    add("--seed", type=int, default=0, help="seed of the split, the initialisation and the data order (default: 0)")
+    add("--device", default="cpu", help="cpu (default) or cuda")
     add("--limit-train", type=int, default=None, metavar="N", help="use N training images (seeded random subset), for quick runs")
     add("--limit-test", type=int, default=None, metavar="N", help="use N test images (seeded random subset)")
-    add("--out", type=Path, default=RESULTS, help="results folder")
+    add("--out", type=Path, default=RESULTS, help="results folder (default: benchmarks/results of this checkout)")
     add("--run-name", default=None, help="subfolder of --out (default: compare-<dataset>-<model>-<image size>)")
     add("--cp-max-rank", type=int, default=DEFAULT_CP_MAX_RANK,
         help="largest CP rank the eps search may reach (CP fits one ALS problem per candidate rank "
         "on every step; higher is slower; activations rarely reach eps at small CP ranks, so CP "
-        "usually runs at this rank and keeps less energy than eps)")
+        f"usually runs at this rank and keeps less energy than eps; default: {DEFAULT_CP_MAX_RANK})")
     add("--cp-iters", type=int, default=DEFAULT_CP_ITERS,
-        help="ALS iterations of each CP fit (tensorcomp.cp's n_iter_max; its own default is 100)")
+        help=f"ALS iterations of each CP fit (tensorcomp.cp's n_iter_max, whose own default is 100; default: {DEFAULT_CP_ITERS})")
     add("--note", default="", help="free text stored in the run's metadata and printed with the table")
     add("--no-cache", action="store_true", help="do not read or write cached checkpoints and decoded images")
     add("--no-progress", action="store_true", help="no progress bars")

@@ -96,13 +96,14 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
     layers = list(dict.fromkeys(r["layer"] for r in rows))
     eps_values = sorted({r["eps"] for r in rows})
     styles = dict(zip(eps_values, ["-", "--", ":", "-."] * 4))
-    cols = min(4, len(layers))
+    cols = min(2, len(layers))
     nrows = -(-len(layers) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(6.5 * cols, 3.8 * nrows), squeeze=False)
     mode_names = {1: "K1 batch", 2: "K2 channels", 3: "K3 height", 4: "K4 width"}
     for ax, layer in zip(axes.flat, layers):
         modes = sorted({r["mode"] for r in rows if r["layer"] == layer})
@@ -117,7 +118,9 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
         ax.set_xlabel("epoch")
         ax.set_ylabel("rank kept")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=6)
+        ax.set_yscale("log", base=2)
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.legend(fontsize=6, ncol=2, loc="best")
     for ax in list(axes.flat)[len(layers):]:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
