@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -390,8 +391,11 @@ def pareto_plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     depths = sorted({r["layers"] for r in rows})
     markers = dict(zip(depths, "osD^vP*Xh<>p"))
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    cmap = plt.get_cmap("tab20")
-    colors = {m: ("black" if m == "vanilla" else cmap(i % 20)) for i, m in enumerate(methods)}
+    # Distinct hues first (tab10 without its grey), then the lighter Set2 for longer lists.
+    palette = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7] + list(plt.get_cmap("Set2").colors)
+    others = [m for m in methods if m != "vanilla"]
+    colors = {m: palette[i % len(palette)] for i, m in enumerate(others)}
+    colors["vanilla"] = "black"
     all_eps = sorted({r["eps"] for r in rows if r["eps"] != ""})
     styles = dict(zip(all_eps, ["-", "--", ":", "-."] * 4))
     fig, ax = plt.subplots(figsize=(9, 6))
@@ -403,9 +407,11 @@ def pareto_plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
         xs = [max(r["peak_bytes"], 1) / scale for r in points]
         ys = [r["top1"] for r in points]
         label = method if eps == "" else f"{method} ε={eps:g}"
-        ax.plot(xs, ys, styles.get(eps, "-"), color=colors[method], alpha=0.8, label=label)
+        # Vanilla on top: exact methods (save_on_cpu) share its points.
+        z, width = (3, 2.0) if method == "vanilla" else (2, 1.3)
+        ax.plot(xs, ys, styles.get(eps, "-"), color=colors[method], alpha=0.85, label=label, zorder=z, linewidth=width)
         for x, y, r in zip(xs, ys, points):
-            ax.plot(x, y, markers[r["layers"]], color=colors[method], markersize=6)
+            ax.plot(x, y, markers[r["layers"]], color=colors[method], markersize=6, zorder=z)
     ax.set_xscale("log")
     ax.set_xlabel(f"peak activation memory of the fine-tuned layers ({unit}, log scale)")
     ax.set_ylabel("top-1 accuracy (%)")
@@ -415,9 +421,8 @@ def pareto_plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     ax.add_artist(method_legend)
     handles = [Line2D([], [], marker=markers[d], linestyle="", color="grey", label=f"{d} layers") for d in depths]
     ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(1.01, 0.0), fontsize=8, title="#layers")
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # the legends sit outside the axes
     plt.close(fig)
 
 
@@ -471,6 +476,9 @@ def _main(argv: Sequence[str] | None) -> int:
         batch_size=args.batch_size, seed=args.seed, device=args.device, use_cache=not args.no_cache, progress=progress,
     )
     meta = machine_description(args.device, argv)
+    if hasattr(os, "getloadavg"):
+        # Step times are only comparable on an otherwise idle machine: record how busy it was.
+        meta["load_average_1min_start"] = round(os.getloadavg()[0], 2)
     meta.update(setup.info)
     meta.update({
         "note": args.note,
@@ -510,6 +518,8 @@ def _main(argv: Sequence[str] | None) -> int:
             row = failed_row(method, eps, k, error)
         rows.append(row)
         meta["seconds"] = round(time.perf_counter() - started, 1)
+        if hasattr(os, "getloadavg"):
+            meta["load_average_1min_end"] = round(os.getloadavg()[0], 2)
         write_table(out_dir / "results", rows, meta)  # partial results survive an interrupted run
         if bar is not None:
             bar.update(1)
