@@ -12,7 +12,8 @@ typed by hand::
        :caption: Fine-tuning the last two layers
 
 ``:columns:`` picks and orders columns (default: all); ``:where:`` keeps rows
-whose columns equal the given values (compared as text); ``:bytes:`` lists
+whose columns equal the given values (compared as text; ``a|b`` accepts
+either); ``:bytes:`` lists
 columns holding byte counts, shown in KiB/MiB/GiB; ``:digits:`` is the
 number of significant digits of floats (default 4); ``:meta:`` names
 metadata entries to show before the machine description.
@@ -93,7 +94,8 @@ class ResultsTable(SphinxDirective):
             key, wanted = key.strip(), wanted.strip()
             if rows and key not in rows[0]:
                 raise self.error(f"results-table: {stem} has no column {key!r}; columns: {list(rows[0])}")
-            rows = [r for r in rows if str(r.get(key)) == wanted]
+            accepted = {w.strip() for w in wanted.split("|")}
+            rows = [r for r in rows if str(r.get(key)) in accepted]
         if not rows:
             raise self.error(f"results-table: no rows of {stem} match {self.options.get('where')!r}")
 
