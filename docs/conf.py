@@ -21,7 +21,6 @@ from sphinx.util import logging
 import tensorcomp
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 sys.path.insert(0, str(HERE / "_ext"))
 
 project = "tensorcomp"
@@ -51,10 +50,7 @@ pygments_dark_style = "monokai"
 html_theme = "furo"
 html_title = f"tensorcomp {release}"
 html_static_path: list[str] = []
-html_theme_options = {
-    "source_repository": "",
-    "navigation_with_keys": True,
-}
+html_theme_options = {"navigation_with_keys": True}
 
 # -- autodoc / numpydoc ---------------------------------------------------------
 # The numpydoc Parameters sections carry the types (with shapes), so signatures
