@@ -96,7 +96,6 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import ScalarFormatter
 
     layers = list(dict.fromkeys(r["layer"] for r in rows))
     eps_values = sorted({r["eps"] for r in rows})
@@ -118,8 +117,6 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
         ax.set_xlabel("epoch")
         ax.set_ylabel("rank kept")
         ax.grid(True, alpha=0.3)
-        ax.set_yscale("log", base=2)
-        ax.yaxis.set_major_formatter(ScalarFormatter())
         ax.legend(fontsize=6, ncol=2, loc="best")
     for ax in list(axes.flat)[len(layers):]:
         ax.axis("off")
