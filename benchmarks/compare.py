@@ -48,7 +48,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -200,18 +200,36 @@ def resolve_layers(values: Sequence[str], num_candidates: int) -> list[int]:
     return out
 
 
-def check_args(args: argparse.Namespace) -> None:
+def apply_dataset_defaults(args: argparse.Namespace, names: Sequence[str]) -> None:
+    """Check ``args.dataset`` and ``args.model``, filling the options in ``names`` left unset from the dataset's defaults.
+
+    Shared by every benchmark built on this loop (compare, gradient_snr, rank_evolution).
+    """
     from ._data import DATASETS
     from ._models import MODELS
 
     if args.dataset not in DATASETS:
         raise UsageError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(DATASETS)}")
-    defaults = DEFAULTS[args.dataset]
-    for name, value in defaults.items():
+    for name in names:
         if getattr(args, name) is None:
-            setattr(args, name, value)
+            setattr(args, name, DEFAULTS[args.dataset][name])
     if args.model not in MODELS:
         raise UsageError(f"unknown model {args.model!r}; choose one of {', '.join(MODELS)}")
+
+
+def run_main(prog: str, body: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
+    """Run a benchmark's ``body(argv)``; bad input ends with a one-line ``prog: error: ...`` and exit status 2."""
+    try:
+        return body(argv)
+    except UsageError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def check_args(args: argparse.Namespace) -> None:
+    from ._data import DATASETS
+
+    apply_dataset_defaults(args, DEFAULTS[args.dataset] if args.dataset in DATASETS else ())
     for eps in args.eps:
         if not (0.0 < eps <= 1.0) or math.isnan(eps):
             raise UsageError(f"--eps values must be in (0, 1]; got {eps}")
@@ -431,11 +449,7 @@ def pareto_plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the comparison; returns the exit status (2 for bad input, with a one-line message)."""
-    try:
-        return _main(argv)
-    except UsageError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
+    return run_main(PROG, _main, argv)
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -448,8 +462,6 @@ def _main(argv: Sequence[str] | None) -> int:
         return int(done.code or 0)
     check_args(args)
     methods = resolve_methods(args.methods)
-
-    import torch
 
     from ._data import load_dataset
     from ._models import build_model, candidate_layers

@@ -47,7 +47,7 @@ from ._data import DataError, load_dataset
 from ._models import MODELS, FineTuneSetting, candidate_layers
 from ._report import machine_description, write_table
 from ._training import setup_b
-from .compare import DEFAULTS, UsageError, _Parser
+from .compare import UsageError, _Parser, apply_dataset_defaults, run_main
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gradient_snr"
 DEFAULT_EPS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -188,11 +188,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the measurement; returns the exit status (2 for bad input, with a one-line message)."""
-    try:
-        return _main(argv)
-    except UsageError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
+    return run_main(PROG, _main, argv)
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -202,13 +198,7 @@ def _main(argv: Sequence[str] | None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as done:
         return int(done.code or 0)
-    if args.dataset not in DEFAULTS:
-        raise UsageError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(DEFAULTS)}")
-    args.model = args.model or DEFAULTS[args.dataset]["model"]
-    args.image_size = args.image_size or DEFAULTS[args.dataset]["image_size"]
-    args.pretrain_epochs = args.pretrain_epochs or DEFAULTS[args.dataset]["pretrain_epochs"]
-    if args.model not in MODELS:
-        raise UsageError(f"unknown model {args.model!r}; choose one of {', '.join(MODELS)}")
+    apply_dataset_defaults(args, ("model", "image_size", "pretrain_epochs"))
     unknown = [m for m in args.methods if m not in tensorcomp.available_methods()]
     if unknown:
         raise UsageError(f"unknown method {', '.join(map(repr, unknown))}; available: {', '.join(tensorcomp.available_methods())}")

@@ -29,7 +29,7 @@ from ._data import DataError, load_dataset
 from ._models import MODELS, FineTuneSetting, candidate_layers
 from ._report import machine_description, write_table
 from ._training import Schedule, setup_b, train
-from .compare import DEFAULTS, UsageError, _Parser
+from .compare import UsageError, _Parser, apply_dataset_defaults, run_main
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rank_evolution"
 PROG = "python -m benchmarks.rank_evolution"
@@ -129,11 +129,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the recording; returns the exit status (2 for bad input, with a one-line message)."""
-    try:
-        return _main(argv)
-    except UsageError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
+    return run_main(PROG, _main, argv)
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -144,13 +140,7 @@ def _main(argv: Sequence[str] | None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as done:
         return int(done.code or 0)
-    if args.dataset not in DEFAULTS:
-        raise UsageError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(DEFAULTS)}")
-    args.model = args.model or DEFAULTS[args.dataset]["model"]
-    args.image_size = args.image_size or DEFAULTS[args.dataset]["image_size"]
-    args.pretrain_epochs = args.pretrain_epochs or DEFAULTS[args.dataset]["pretrain_epochs"]
-    if args.model not in MODELS:
-        raise UsageError(f"unknown model {args.model!r}; choose one of {', '.join(MODELS)}")
+    apply_dataset_defaults(args, ("model", "image_size", "pretrain_epochs"))
     if args.method not in tensorcomp.available_methods():
         raise UsageError(f"unknown method {args.method!r}; available: {', '.join(tensorcomp.available_methods())}")
     if any(not 0 < e <= 1 for e in args.eps):
