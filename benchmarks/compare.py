@@ -90,6 +90,18 @@ class UsageError(Exception):
     """Bad command-line input: reported in one line, exit status 2."""
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: ...)`` only where it says something: not for ``None``, not twice."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if any(action.default is v for v in (None, False, argparse.SUPPRESS)) or "default" in help_text:
+            return help_text
+        if isinstance(action.default, (list, tuple)):
+            return f"{help_text} (default: {' '.join(map(str, action.default))})".strip()
+        return super()._get_help_string(action) or ""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(message)

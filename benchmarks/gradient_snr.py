@@ -47,7 +47,7 @@ from ._data import DataError, load_dataset
 from ._models import MODELS, FineTuneSetting, candidate_layers
 from ._report import machine_description, write_table
 from ._training import setup_b
-from .compare import UsageError, _Parser, apply_dataset_defaults, run_main
+from .compare import UsageError, _HelpFormatter, _Parser, apply_dataset_defaults, run_main
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gradient_snr"
 DEFAULT_EPS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -58,22 +58,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description="Measured SNR of compressed weight gradients against the prediction 1/(1-eps)^2; input gradients unchanged.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     add = parser.add_argument
     add("--methods", nargs="+", default=["hosvd", "svd"], help="decompositions to measure")
     add("--eps", nargs="+", type=float, default=list(DEFAULT_EPS), help="energy fractions kept, in (0, 1)")
     add("--layers", default="all", help="number k of trailing conv/linear layers converted, or 'all'")
     add("--batches", type=int, default=2, help="training batches averaged over")
-    add("--batch-size", type=int, default=128)
+    add("--batch-size", type=int, default=128, help="images per training batch")
     add("--dataset", default="digits", help="digits (embedded) or cifar10")
     add("--data-root", default=None, metavar="DIR", help="CIFAR-10 folder (see benchmarks.compare)")
     add("--model", default=None, help=f"one of {', '.join(MODELS)} (default: smallcnn for digits, resnet18 for cifar10)")
     add("--image-size", type=int, default=None, help="default: 32 for digits, 224 for cifar10")
     add("--pretrain-epochs", type=int, default=None, help="pretraining epochs (default: as benchmarks.compare)")
     add("--limit-train", type=int, default=None, metavar="N", help="use N training images (seeded random subset)")
-    add("--seed", type=int, default=0)
-    add("--device", default="cpu")
+    add("--seed", type=int, default=0, help="seed of the split, the initialisation and the data order")
+    add("--device", default="cpu", help="cpu or cuda")
     add("--out", type=Path, default=RESULTS, help="results folder")
     return parser
 

@@ -29,7 +29,7 @@ from ._data import DataError, load_dataset
 from ._models import MODELS, FineTuneSetting, candidate_layers
 from ._report import machine_description, write_table
 from ._training import Schedule, setup_b, train
-from .compare import UsageError, _Parser, apply_dataset_defaults, run_main
+from .compare import UsageError, _HelpFormatter, _Parser, apply_dataset_defaults, run_main
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rank_evolution"
 PROG = "python -m benchmarks.rank_evolution"
@@ -39,25 +39,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description="Per-mode HOSVD ranks chosen by eps at every fine-tuning step.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     add = parser.add_argument
     add("--method", default="hosvd", help="a Tucker-format method (hosvd, tucker, subspace) or svd")
     add("--eps", nargs="+", type=float, default=[0.8, 0.9], help="energy fractions kept, in (0, 1]")
     add("--layers", default="4", help="number k of trailing conv/linear layers fine-tuned and compressed, or 'all'")
     add("--epochs", type=int, default=10, help="fine-tuning epochs")
-    add("--batch-size", type=int, default=128)
-    add("--lr", type=float, default=0.05)
+    add("--batch-size", type=int, default=128, help="images per training batch")
+    add("--lr", type=float, default=0.05, help="fine-tuning learning rate, decayed to 0 by a cosine")
     add("--dataset", default="digits", help="digits (embedded) or cifar10")
     add("--data-root", default=None, metavar="DIR", help="CIFAR-10 folder (see benchmarks.compare)")
     add("--model", default=None, help=f"one of {', '.join(MODELS)} (default: smallcnn for digits, resnet18 for cifar10)")
     add("--image-size", type=int, default=None, help="default: 32 for digits, 224 for cifar10")
     add("--pretrain-epochs", type=int, default=None, help="pretraining epochs (default: as benchmarks.compare)")
-    add("--limit-train", type=int, default=None, metavar="N")
-    add("--seed", type=int, default=0)
-    add("--device", default="cpu")
+    add("--limit-train", type=int, default=None, metavar="N", help="use N training images (seeded random subset)")
+    add("--seed", type=int, default=0, help="seed of the split, the initialisation and the data order")
+    add("--device", default="cpu", help="cpu or cuda")
     add("--out", type=Path, default=RESULTS, help="results folder")
-    add("--no-progress", action="store_true")
+    add("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
