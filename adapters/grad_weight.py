@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -64,9 +64,18 @@ def conv2d_padding(padding: Any, kernel_size: Sequence[int], dilation: Sequence[
     return (ph, ph, pw, pw)
 
 
-def _conv_geometry(
-    weight_shape: Sequence[int], stride: Any, padding: Any, dilation: Any, groups: Any
-) -> tuple[tuple[int, ...], tuple[int, int], Padding4, tuple[int, int], int]:
+class ConvGeometry(NamedTuple):
+    """A ``conv2d``'s weight shape and normalised stride, padding, dilation and groups."""
+
+    weight_shape: tuple[int, int, int, int]
+    stride: tuple[int, int]
+    pads: Padding4
+    dilation: tuple[int, int]
+    groups: int
+
+
+def conv_geometry(weight_shape: Sequence[int], stride: Any, padding: Any, dilation: Any, groups: Any) -> ConvGeometry:
+    """Check and normalise ``conv2d`` arguments (``ValueError`` naming what is wrong)."""
     weight_shape = tuple(int(n) for n in weight_shape)
     if len(weight_shape) != 4:
         raise ValueError(f"weight_shape must be (out_channels, in_channels/groups, kh, kw); got {weight_shape!r}")
@@ -77,38 +86,30 @@ def _conv_geometry(
     if weight_shape[0] % groups:
         raise ValueError(f"out_channels={weight_shape[0]} is not divisible by groups={groups}")
     pads = conv2d_padding(padding, weight_shape[2:], dilation)
-    return weight_shape, stride, pads, dilation, int(groups)
+    return ConvGeometry(weight_shape, stride, pads, dilation, int(groups))  # type: ignore[arg-type]
 
 
-def _common_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
+def _promoted(like: torch.Tensor, *arrays: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``like`` and ``arrays`` as torch tensors on ``like``'s device, in their promoted dtype."""
+    tensors = [torch.as_tensor(a, device=like.device) for a in arrays]
+    dtype = like.dtype
+    for t in tensors:
         dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
-
-
-def _as_torch(array: Any, like: torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(array, device=like.device)
+    return like.to(dtype), [t.to(dtype) for t in tensors]
 
 
 # -- convolution ---------------------------------------------------------------
-def conv2d_weight_dense(
-    x: torch.Tensor,
-    weight_shape: Sequence[int],
-    grad_output: torch.Tensor,
-    stride: tuple[int, int],
-    pads: Padding4,
-    dilation: tuple[int, int],
-    groups: int,
-) -> torch.Tensor:
+def conv2d_weight_dense(x: torch.Tensor, grad_output: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor:
     """``torch.nn.grad.conv2d_weight`` for a dense input, with asymmetric padding."""
-    top, bottom, left, right = pads
+    top, bottom, left, right = geometry.pads
     if top == bottom and left == right:
         padding: Any = (top, left)
     else:
         x = F.pad(x, (left, right, top, bottom))
         padding = 0
-    return torch.nn.grad.conv2d_weight(x, tuple(weight_shape), grad_output, stride, padding, dilation, groups)
+    return torch.nn.grad.conv2d_weight(
+        x, geometry.weight_shape, grad_output, geometry.stride, padding, geometry.dilation, geometry.groups
+    )
 
 
 def _pad_rows(factor: torch.Tensor, before: int, after: int) -> torch.Tensor:
@@ -116,19 +117,9 @@ def _pad_rows(factor: torch.Tensor, before: int, after: int) -> torch.Tensor:
     return F.pad(factor, (0, 0, before, after)) if before or after else factor
 
 
-def _tucker_conv2d_weight(
-    result: TuckerResult,
-    weight_shape: tuple[int, ...],
-    grad_output: torch.Tensor,
-    stride: tuple[int, int],
-    pads: Padding4,
-    dilation: tuple[int, int],
-    groups: int,
-) -> torch.Tensor:
-    dtype = _common_dtype(grad_output, result.core, *result.factors)
-    core = _as_torch(result.core, grad_output).to(dtype)
-    u_batch, u_channel, u_height, u_width = (_as_torch(f, grad_output).to(dtype) for f in result.factors)
-    grad_output = grad_output.to(dtype)
+def _tucker_conv2d_weight(result: TuckerResult, grad_output: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor:
+    grad_output, (core, u_batch, u_channel, u_height, u_width) = _promoted(grad_output, result.core, *result.factors)
+    weight_shape, stride, pads, dilation, groups = geometry
     out_channels, in_per_group, kh, kw = weight_shape
     channels = u_channel.shape[0]
     k1, k2, k3, k4 = core.shape
@@ -163,21 +154,11 @@ def _tucker_conv2d_weight(
     return torch.nn.grad.conv2d_weight(p, weight_shape, z, stride, 0, dilation, groups)
 
 
-def _svd_conv2d_weight(
-    result: SVDResult,
-    weight_shape: tuple[int, ...],
-    grad_output: torch.Tensor,
-    stride: tuple[int, int],
-    pads: Padding4,
-    dilation: tuple[int, int],
-    groups: int,
-) -> torch.Tensor:
-    dtype = _common_dtype(grad_output, result.weights, *result.factors)
-    s = _as_torch(result.weights, grad_output).to(dtype)
-    u, v = (_as_torch(f, grad_output).to(dtype) for f in result.factors)
-    z = torch.einsum("bk,bohw->kohw", u * s, grad_output.to(dtype))
+def _svd_conv2d_weight(result: SVDResult, grad_output: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor:
+    grad_output, (s, u, v) = _promoted(grad_output, result.weights, *result.factors)
+    z = torch.einsum("bk,bohw->kohw", u * s, grad_output)
     p = v.t().reshape(-1, *result.original_shape[1:])
-    return conv2d_weight_dense(p, weight_shape, z, stride, pads, dilation, groups)
+    return conv2d_weight_dense(p, z, geometry)
 
 
 def conv2d_weight_from_factors(
@@ -255,37 +236,31 @@ def conv2d_weight_from_factors(
     >>> bool(torch.allclose(grad, exact))
     True
     """
-    weight_shape, stride, pads, dilation, groups = _conv_geometry(weight_shape, stride, padding, dilation, groups)
+    geometry = conv_geometry(weight_shape, stride, padding, dilation, groups)
     if grad_output.dim() != 4:
         raise ValueError(f"grad_output must have shape (B, O, H', W'); got shape {tuple(grad_output.shape)}")
     if isinstance(result, TuckerResult) and len(result.factors) == 4:
-        shape = tuple(result.shape)
-        if shape[0] != grad_output.shape[0] or shape[1] != weight_shape[1] * groups:
-            raise ValueError(
-                f"result of shape {shape} does not fit grad_output of shape {tuple(grad_output.shape)} "
-                f"and weight_shape {weight_shape} with groups={groups}"
-            )
-        return _tucker_conv2d_weight(result, weight_shape, grad_output, stride, pads, dilation, groups)
+        _check_fits(tuple(result.shape), grad_output, geometry)
+        return _tucker_conv2d_weight(result, grad_output, geometry)
     if isinstance(result, SVDResult) and len(result.original_shape) == 4:
-        shape = result.original_shape
-        if shape[0] != grad_output.shape[0] or shape[1] != weight_shape[1] * groups:
-            raise ValueError(
-                f"result of shape {shape} does not fit grad_output of shape {tuple(grad_output.shape)} "
-                f"and weight_shape {weight_shape} with groups={groups}"
-            )
-        return _svd_conv2d_weight(result, weight_shape, grad_output, stride, pads, dilation, groups)
-    x = _as_torch(result.to_tensor(), grad_output)
-    dtype = _common_dtype(grad_output, x)
-    return conv2d_weight_dense(x.to(dtype), weight_shape, grad_output.to(dtype), stride, pads, dilation, groups)
+        _check_fits(tuple(result.original_shape), grad_output, geometry)
+        return _svd_conv2d_weight(result, grad_output, geometry)
+    grad_output, (x,) = _promoted(grad_output, result.to_tensor())
+    return conv2d_weight_dense(x, grad_output, geometry)
+
+
+def _check_fits(shape: tuple[int, ...], grad_output: torch.Tensor, geometry: ConvGeometry) -> None:
+    if shape[0] != grad_output.shape[0] or shape[1] != geometry.weight_shape[1] * geometry.groups:
+        raise ValueError(
+            f"result of shape {shape} does not fit grad_output of shape {tuple(grad_output.shape)} "
+            f"and weight_shape {geometry.weight_shape} with groups={geometry.groups}"
+        )
 
 
 # -- linear --------------------------------------------------------------------
 def _tucker_linear_weight(result: TuckerResult, grad_rows: torch.Tensor) -> torch.Tensor:
     """``dY^T x`` for ``x = core x1 U1 ... xd Ud`` and ``dY`` of shape ``(M_1, ..., M_{d-1}, O)``."""
-    dtype = _common_dtype(grad_rows, result.core, *result.factors)
-    core = _as_torch(result.core, grad_rows).to(dtype)
-    factors = [_as_torch(f, grad_rows).to(dtype) for f in result.factors]
-    g = grad_rows.to(dtype)
+    g, (core, *factors) = _promoted(grad_rows, result.core, *result.factors)
     leading = len(factors) - 1
     # Contract the modes that shrink the most first: each step divides the
     # working tensor's size by M_n / K_n.
@@ -367,10 +342,7 @@ def linear_weight_from_factors(result: Any, weight_shape: Sequence[int], grad_ou
 
     if isinstance(result, SVDResult):
         shape = tuple(result.original_shape)
-        dtype = _common_dtype(grad_output, result.weights, *result.factors)
-        s = _as_torch(result.weights, grad_output).to(dtype)
-        u, v = (_as_torch(f, grad_output).to(dtype) for f in result.factors)
-        g = grad_output.to(dtype)
+        g, (s, u, v) = _promoted(grad_output, result.weights, *result.factors)
         if shape == (rows, in_features):
             return ((g.reshape(rows, out_features).t() @ u) * s) @ v.t()
         if len(leading_shape) >= 1 and shape == leading_shape + (in_features,):
@@ -388,8 +360,7 @@ def linear_weight_from_factors(result: Any, weight_shape: Sequence[int], grad_ou
             raise mismatch(shape)
         return _tucker_linear_weight(result, grad_output.reshape(*shape[:-1], out_features))
 
-    x = _as_torch(result.to_tensor(), grad_output)
+    g, (x,) = _promoted(grad_output, result.to_tensor())
     if x.numel() != rows * in_features:
         raise mismatch(tuple(x.shape))
-    dtype = _common_dtype(grad_output, x)
-    return grad_output.reshape(rows, out_features).to(dtype).t() @ x.reshape(rows, in_features).to(dtype)
+    return g.reshape(rows, out_features).t() @ x.reshape(rows, in_features)

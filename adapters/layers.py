@@ -20,7 +20,13 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from ._compress import Compressor, Packed
-from .grad_weight import conv2d_padding, conv2d_weight_dense, conv2d_weight_from_factors, linear_weight_from_factors
+from .grad_weight import (
+    ConvGeometry,
+    conv2d_padding,
+    conv2d_weight_dense,
+    conv2d_weight_from_factors,
+    linear_weight_from_factors,
+)
 from .memory import ActivationMemory
 
 __all__ = ["CompressedConv2d", "CompressedLinear", "convert", "memory_stats"]
@@ -134,7 +140,9 @@ class _Conv2dFunction(torch.autograd.Function):
             if ctx.needs_input_grad[1]:
                 if packed.result is None:
                     grad_weight = conv2d_weight_dense(
-                        packed.tensor.to(grad_output.dtype), weight.shape, grad_output, stride, pads, dilation, groups
+                        packed.tensor.to(grad_output.dtype),
+                        grad_output,
+                        ConvGeometry(tuple(weight.shape), stride, pads, dilation, groups),
                     )
                 else:
                     grad_weight = conv2d_weight_from_factors(
