@@ -300,6 +300,23 @@ def test_subspace_iteration_converges_from_a_poor_start():
     assert many.explained_variance == pytest.approx(target.explained_variance, abs=1e-4)
 
 
+@pytest.mark.parametrize("n_iter", [1, 3])
+def test_subspace_iteration_step_is_orth_of_the_gram_times_the_factor(n_iter):
+    # Ranks near the mode size (modes 0, 2) take the Gram route, small ones
+    # (modes 1, 3) the two thin products: both must be U <- orth(X_(n) X_(n)^T U).
+    rank = (9, 2, 4, 1)
+    start = tensorcomp.hosvd(low_rank_tensor(X4.shape, (9, 4, 4, 3), seed=3), rank=rank)
+    res = tensorcomp.subspace_iteration(X4, init=start, n_iter=n_iter)
+    assert res.rank == rank
+    for mode, (factor, previous) in enumerate(zip(res.factors, start.factors)):
+        a = np.moveaxis(X4, mode, 0).reshape(X4.shape[mode], -1)
+        expected = previous
+        for _ in range(n_iter):
+            q, r = np.linalg.qr(a @ (a.T @ expected))
+            expected = q * np.sign(np.diag(r))
+        np.testing.assert_allclose(factor, expected, atol=1e-9)
+
+
 def test_subspace_iteration_handles_a_changed_batch_size():
     first = tensorcomp.subspace_iteration(X4, eps=0.8)
     smaller = X4[:3]  # a short last batch: mode 0 shrinks from 10 to 3
