@@ -24,7 +24,7 @@ def _explained(x: Any, weights: Any, factors: list[Any], total: float) -> float:
     return explained(total - squared_norm(residual), total)
 
 
-def _fit(x: Any, rank: int, init: tuple[Any, list[Any]] | str, n_iter_max: int, tol: float) -> tuple[Any, list[Any]]:
+def _fit(x: Any, rank: int, init: tuple[Any, list[Any]], n_iter_max: int, tol: float) -> tuple[Any, list[Any]]:
     with warnings.catch_warnings():
         # TensorLy warns that a given init combined with normalize_factors is
         # "not recommended"; warm starts are exactly what this module wants.
@@ -39,17 +39,24 @@ def _fit(x: Any, rank: int, init: tuple[Any, list[Any]] | str, n_iter_max: int, 
 
 
 def _grow(x: Any, weights: Any, factors: list[Any], extra: int) -> tuple[Any, list[Any]]:
-    """Previous solution plus ``extra`` components from the residual's leading subspaces."""
-    residual = x - tl.cp_to_tensor((weights, factors))
+    """Previous solution plus ``extra`` components from the residual's leading subspaces.
+
+    With ``weights=None`` there is no previous solution: the start is the
+    leading subspaces of ``x`` itself (TensorLy's ``init='svd'``, from the mode
+    Grams instead of a full SVD of every unfolding).
+    """
+    residual = x if weights is None else x - tl.cp_to_tensor((weights, factors))
     new = []
-    for mode, factor in enumerate(factors):
-        k = min(extra, tl.shape(factor)[0])
+    for mode, size in enumerate(tl.shape(x)):
+        k = min(extra, size)
         u, _ = leading_subspace(residual, mode, rank=k)
         if k < extra:  # a short mode: repeat its directions; ALS separates them
             u = tl.concatenate([u] * math.ceil(extra / k), axis=1)[:, :extra]
-        new.append(tl.concatenate([factor, u], axis=1))
+        new.append(u if weights is None else tl.concatenate([factors[mode], u], axis=1))
     scale = math.sqrt(max(squared_norm(residual), 1e-30) / extra)
-    extra_weights = tl.ones((extra,), **tl.context(weights)) * scale
+    extra_weights = tl.ones((extra,), **tl.context(x)) * scale
+    if weights is None:
+        return extra_weights, new
     return tl.concatenate([weights, extra_weights], axis=0), new
 
 
@@ -143,13 +150,13 @@ def cp(
             units = [tl.tensor(np.repeat(np.eye(n, 1), components, axis=1), **tl.context(x)) for n in shape]
             return CPResult(zero_weights, units, explained_variance=1.0)
         if rank is not None:
-            weights, factors = _fit(x, rank, "svd", n_iter_max, tol)
+            weights, factors = _fit(x, rank, _grow(x, None, [], rank), n_iter_max, tol)
             return CPResult(weights, factors, explained_variance=_explained(x, weights, factors, total))
 
         # Doubling phase: find a passing rank (or reach max_rank).
         failing, passing = 0, None
         current = 1
-        weights, factors = _fit(x, 1, "svd", n_iter_max, tol)
+        weights, factors = _fit(x, 1, _grow(x, None, [], 1), n_iter_max, tol)
         while True:
             score = _explained(x, weights, factors, total)
             if score >= eps:
