@@ -48,9 +48,11 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from ._cli import Parser, UsageError, check_eps, check_positive, run_main
 
 METHODS = (
     "vanilla",
@@ -86,31 +88,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 PROG = "python -m benchmarks.compare"
 
 
-class UsageError(Exception):
-    """Bad command-line input: reported in one line, exit status 2."""
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends ``(default: ...)`` only where it says something: not for ``None``, not twice."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        help_text = action.help or ""
-        if any(action.default is v for v in (None, False, argparse.SUPPRESS)) or "default" in help_text:
-            return help_text
-        if isinstance(action.default, (list, tuple)):
-            return f"{help_text} (default: {' '.join(map(str, action.default))})".strip()
-        return super()._get_help_string(action) or ""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
     from ._models import MODELS
 
-    parser = _Parser(
+    parser = Parser(
         prog=PROG,
         description=(
             "Fine-tune a model with each activation-storage method (setup B: pretrain on one non-iid half of "
@@ -229,35 +210,16 @@ def apply_dataset_defaults(args: argparse.Namespace, names: Sequence[str]) -> No
         raise UsageError(f"unknown model {args.model!r}; choose one of {', '.join(MODELS)}")
 
 
-def run_main(prog: str, body: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
-    """Run a benchmark's ``body(argv)``; bad input ends with a one-line ``prog: error: ...`` and exit status 2."""
-    try:
-        return body(argv)
-    except UsageError as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return 2
-
-
 def check_args(args: argparse.Namespace) -> None:
     from ._data import DATASETS
 
     apply_dataset_defaults(args, DEFAULTS[args.dataset] if args.dataset in DATASETS else ())
-    for eps in args.eps:
-        if not (0.0 < eps <= 1.0) or math.isnan(eps):
-            raise UsageError(f"--eps values must be in (0, 1]; got {eps}")
-    positive = {
-        "--epochs": args.epochs,
-        "--pretrain-epochs": args.pretrain_epochs,
-        "--batch-size": args.batch_size,
-        "--image-size": args.image_size,
-        "--cp-max-rank": args.cp_max_rank,
-        "--cp-iters": args.cp_iters,
-        "--limit-train": args.limit_train,
-        "--limit-test": args.limit_test,
-    }
-    for flag, value in positive.items():
-        if value is not None and value < 1:
-            raise UsageError(f"{flag} must be a positive integer; got {value}")
+    check_eps(args.eps)
+    check_positive(
+        epochs=args.epochs, pretrain_epochs=args.pretrain_epochs, batch_size=args.batch_size,
+        image_size=args.image_size, cp_max_rank=args.cp_max_rank, cp_iters=args.cp_iters,
+        limit_train=args.limit_train, limit_test=args.limit_test,
+    )
     if args.image_size < 8:
         raise UsageError(f"--image-size must be at least 8; got {args.image_size}")
     if not args.lr > 0:
@@ -467,11 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     from ._data import DataError
 
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as done:  # --help
-        return int(done.code or 0)
+    args = build_parser().parse_args(argv)
     check_args(args)
     methods = resolve_methods(args.methods)
 

@@ -33,7 +33,7 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from tensorly.decomposition import tucker as tensorly_tucker
 import tensorcomp
 
 from . import _report
+from ._cli import Parser, UsageError, check_eps, check_positive, run_main
 
 DEFAULT_SHAPES = ("128x512x4x4", "128x256x8x8", "128x128x16x16", "64x32x56x56")
 EPS_VALUES = (0.8, 0.9)
@@ -281,31 +282,43 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.decomposition_speed", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per method, after one warm-up (median reported)")
-    parser.add_argument("--shapes", type=parse_shape, nargs="+", default=[parse_shape(s) for s in DEFAULT_SHAPES])
-    parser.add_argument("--eps", type=float, nargs="+", default=list(EPS_VALUES))
-    parser.add_argument("--backend", choices=["numpy", "torch", "both"], default="both")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="device of the torch tensors")
-    parser.add_argument("--out", type=Path, default=OUT, help="directory for results.csv/json and speedup.png")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="BLAS/LAPACK/OpenMP threads for every method (0: leave the libraries' defaults)",
-    )
-    args = parser.parse_args(argv)
+PROG = "python -m benchmarks.decomposition_speed"
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("--repeats", type=int, default=3, help="timed runs per method, after one warm-up (median reported)")
+    add("--shapes", type=parse_shape, nargs="+", default=list(DEFAULT_SHAPES), metavar="BxCxHxW",
+        help="activation shapes")
+    add("--eps", type=float, nargs="+", default=list(EPS_VALUES), help="energy fractions kept per mode, in (0, 1]")
+    add("--backend", choices=["numpy", "torch", "both"], default="both", help="TensorLy backend of the inputs")
+    add("--device", choices=["cpu", "cuda"], default="cpu", help="device of the torch tensors")
+    add("--out", type=Path, default=OUT, help="directory for results.csv/json and speedup.png")
+    add("--threads", type=int, default=1, help="BLAS/LAPACK/OpenMP threads for every method (0: as the libraries set them)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the timings; returns the exit status (2 for bad input, with a one-line message)."""
+    return run_main(PROG, _main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
-    if args.repeats < 1:
-        parser.error(f"--repeats must be >= 1; got {args.repeats}")
+    args.shapes = [parse_shape(s) if isinstance(s, str) else s for s in args.shapes]
+    check_eps(args.eps)
+    check_positive(repeats=args.repeats)
     if args.threads < 0:
-        parser.error(f"--threads must be >= 0; got {args.threads}")
+        raise UsageError(f"--threads must be >= 0; got {args.threads}")
     with limit_threads(args.threads) if args.threads else contextlib.nullcontext():
-        return run(args, parser)
+        run(args)
+    return 0
 
 
-def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[dict[str, Any]]:
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Time every method on every shape, eps and backend; write the tables and the chart; return the rows."""
     backends = ["numpy", "torch"] if args.backend == "both" else [args.backend]
     sync: Callable[[], None] = lambda: None  # noqa: E731
     if "torch" in backends:
@@ -313,7 +326,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[dict[
 
         if args.device == "cuda":
             if not torch.cuda.is_available():
-                parser.error("--device cuda: no CUDA device is available")
+                raise UsageError("--device cuda: no CUDA device is available here; use --device cpu")
             sync = torch.cuda.synchronize
 
     meta = _report.machine_description(device=args.device, argv=args.argv)
@@ -357,4 +370,4 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[dict[
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

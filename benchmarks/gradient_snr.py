@@ -47,7 +47,8 @@ from ._data import DataError, load_dataset
 from ._models import MODELS, FineTuneSetting, candidate_layers
 from ._report import machine_description, write_table
 from ._training import setup_b
-from .compare import UsageError, _HelpFormatter, _Parser, apply_dataset_defaults, run_main
+from ._cli import Parser, UsageError, check_eps, check_methods, run_main
+from .compare import apply_dataset_defaults
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gradient_snr"
 DEFAULT_EPS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -55,10 +56,9 @@ PROG = "python -m benchmarks.gradient_snr"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog=PROG,
         description="Measured SNR of compressed weight gradients against the prediction 1/(1-eps)^2; input gradients unchanged.",
-        formatter_class=_HelpFormatter,
     )
     add = parser.add_argument
     add("--methods", nargs="+", default=["hosvd", "svd"], help="decompositions to measure")
@@ -192,18 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    import tensorcomp.adapters  # noqa: F401
-
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as done:
-        return int(done.code or 0)
+    args = build_parser().parse_args(argv)
     apply_dataset_defaults(args, ("model", "image_size", "pretrain_epochs"))
-    unknown = [m for m in args.methods if m not in tensorcomp.available_methods()]
-    if unknown:
-        raise UsageError(f"unknown method {', '.join(map(repr, unknown))}; available: {', '.join(tensorcomp.available_methods())}")
-    if any(not 0 < e < 1 for e in args.eps):
-        raise UsageError(f"--eps values must be in (0, 1) (at 1 the noise is zero); got {args.eps}")
+    check_methods(args.methods)
+    check_eps(args.eps, allow_one=False)  # at 1 the gradient noise is zero: no SNR to measure
     try:
         k = None if args.layers == "all" else int(args.layers)
     except ValueError:

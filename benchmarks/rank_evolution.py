@@ -29,17 +29,17 @@ from ._data import DataError, load_dataset
 from ._models import MODELS, FineTuneSetting, candidate_layers
 from ._report import machine_description, write_table
 from ._training import Schedule, setup_b, train
-from .compare import UsageError, _HelpFormatter, _Parser, apply_dataset_defaults, run_main
+from ._cli import Parser, UsageError, check_eps, check_methods, run_main
+from .compare import apply_dataset_defaults
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rank_evolution"
 PROG = "python -m benchmarks.rank_evolution"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog=PROG,
         description="Per-mode HOSVD ranks chosen by eps at every fine-tuning step.",
-        formatter_class=_HelpFormatter,
     )
     add = parser.add_argument
     add("--method", default="hosvd", help="a Tucker-format method (hosvd, tucker, subspace) or svd")
@@ -133,18 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    import tensorcomp
-    import tensorcomp.adapters  # noqa: F401
-
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as done:
-        return int(done.code or 0)
+    args = build_parser().parse_args(argv)
     apply_dataset_defaults(args, ("model", "image_size", "pretrain_epochs"))
-    if args.method not in tensorcomp.available_methods():
-        raise UsageError(f"unknown method {args.method!r}; available: {', '.join(tensorcomp.available_methods())}")
-    if any(not 0 < e <= 1 for e in args.eps):
-        raise UsageError(f"--eps values must be in (0, 1]; got {args.eps}")
+    check_methods([args.method])
+    check_eps(args.eps)
     try:
         images = load_dataset(args.dataset, args.data_root)
     except DataError as error:

@@ -16,7 +16,6 @@ Run ``python -m benchmarks.step_cost --help`` for the options.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import sys
@@ -33,7 +32,8 @@ from torch import nn
 import tensorcomp
 from tensorcomp.adapters import conv2d_weight_from_factors, convert, memory_stats
 
-from ._data import DeviceImages, channel_stats, load_dataset
+from ._cli import Parser, UsageError, check_eps, check_methods, check_positive, run_main
+from ._data import DataError, DeviceImages, channel_stats, load_dataset
 from ._models import build_model
 from ._report import machine_description, write_table
 
@@ -42,10 +42,8 @@ MODELS = ("resnet18", "mobilenet_v2")
 DEFAULT_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 
 
-def load_image_batch(
-    dataset: str, data_root: str | None, n: int, size: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """``n`` real training images at ``size`` x ``size``.
+def load_images(dataset: str, data_root: str | None) -> Any:
+    """The dataset the batches come from.
 
     ``dataset="auto"`` takes CIFAR-10 from ``data_root`` or the shared folder
     when there is one, else the embedded digits.
@@ -53,7 +51,14 @@ def load_image_batch(
     root = data_root or (str(DEFAULT_CIFAR) if DEFAULT_CIFAR.is_dir() else None)
     if dataset == "auto":
         dataset = "cifar10" if root else "digits"
-    data = load_dataset(dataset, root)
+    try:
+        return load_dataset(dataset, root)
+    except DataError as error:
+        raise UsageError(str(error)) from None
+
+
+def load_image_batch(data: Any, n: int, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """``n`` real training images of ``data`` (seeded choice) at ``size`` x ``size``, normalised."""
     index = np.random.default_rng(0).permutation(len(data.train_labels))[:n]
     mean, std = channel_stats(data.train_images[index])
     images = DeviceImages(data.train_images[index], data.train_labels[index], size, mean, std, device, channels=3)
@@ -200,37 +205,41 @@ def step_costs(
     return rows
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.step_cost", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--sizes", nargs="+", type=int, default=[32, 224], help="image sizes (default: 32 224)")
-    parser.add_argument("--layers", nargs="+", type=int, default=[1, 2, 4], help="numbers of trailing conv layers fine-tuned")
-    parser.add_argument("--methods", nargs="+", default=["svd", "hosvd", "subspace"])
-    parser.add_argument("--eps", nargs="+", type=float, default=[0.8, 0.9])
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per measurement (median reported)")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--dataset", default="auto", choices=("auto", "cifar10", "digits"))
-    parser.add_argument("--data-root", default=None, help="CIFAR-10 folder, either layout (default: ../shared/data/cifar10 beside the checkout when present, else the embedded digits)")
-    parser.add_argument("--out", default="benchmarks/results/step_cost", help="output folder")
-    return parser.parse_args(argv)
+PROG = "python -m benchmarks.step_cost"
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("--models", nargs="+", default=list(MODELS), choices=MODELS, help="torchvision architectures, random init")
+    add("--sizes", nargs="+", type=int, default=[32, 224], help="image sizes")
+    add("--layers", nargs="+", type=int, default=[1, 2, 4], help="numbers of trailing conv layers fine-tuned")
+    add("--methods", nargs="+", default=["svd", "hosvd", "subspace"], help="registered methods to time against vanilla")
+    add("--eps", nargs="+", type=float, default=[0.8, 0.9], help="energy fractions kept, in (0, 1]")
+    add("--batch-size", type=int, default=64, help="images per step")
+    add("--repeats", type=int, default=3, help="timed repeats per measurement (median reported)")
+    add("--device", default="cpu", choices=("cpu", "cuda"), help="where the model and the decompositions run")
+    add("--dataset", default="auto", choices=("auto", "cifar10", "digits"),
+        help="images of the batches; auto: CIFAR-10 when --data-root or ../shared/data/cifar10 has it, else digits")
+    add("--data-root", default=None, metavar="DIR",
+        help="CIFAR-10 folder, either layout (default: ../shared/data/cifar10 beside the checkout when present)")
+    add("--out", default="benchmarks/results/step_cost", help="output folder")
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    for method in args.methods:
-        if method not in tensorcomp.available_methods():
-            print(f"error: unknown method {method!r}; available: {', '.join(tensorcomp.available_methods())}", file=sys.stderr)
-            return 2
+    """Run the measurements; returns the exit status (2 for bad input, with a one-line message)."""
+    return run_main(PROG, _main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    check_methods(args.methods)
+    check_eps(args.eps)
+    check_positive(batch_size=args.batch_size, repeats=args.repeats, layers=min(args.layers), sizes=min(args.sizes))
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but no CUDA device is available", file=sys.stderr)
-        return 2
-    if args.batch_size < 1 or args.repeats < 1 or min(args.layers) < 1:
-        print("error: --batch-size, --repeats and --layers must be positive integers", file=sys.stderr)
-        return 2
-    if not all(0.0 < e <= 1.0 for e in args.eps):
-        print(f"error: --eps values must be in (0, 1]; got {args.eps}", file=sys.stderr)
-        return 2
+        raise UsageError("--device cuda: no CUDA device is available here; use --device cpu")
+    data = load_images(args.dataset, args.data_root)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     from tqdm import tqdm
@@ -238,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     step_rows, layer_rows = [], []
     jobs = [(m, s) for m in args.models for s in args.sizes]
     for model_name, size in tqdm(jobs, desc="model x size"):
-        images, labels, source = load_image_batch(args.dataset, args.data_root, 2 * args.batch_size, size, device)
+        images, labels, source = load_image_batch(data, 2 * args.batch_size, size, device)
         first, second = images[: args.batch_size], images[args.batch_size :]
         y1, y2 = labels[: args.batch_size], labels[args.batch_size :]
         base = build_model(model_name, 3, 10)[0].to(device).train()

@@ -137,19 +137,6 @@ def test_help_states_the_default_grid(capsys):
     assert "all methods but cp" in text
 
 
-@pytest.mark.parametrize("module", ["compare", "gradient_snr", "rank_evolution"])
-def test_help_prints_no_empty_or_repeated_defaults(module, capsys):
-    import importlib
-
-    main = importlib.import_module(f"benchmarks.{module}").main
-    assert main(["--help"]) == 0
-    text = " ".join(capsys.readouterr().out.split())
-    assert "(default: None)" not in text
-    assert "(default: False)" not in text
-    assert not re.search(r"\(default:[^)]*\)\s*\(default:", text)  # never stated twice
-    assert "order (default: 0)" in text  # --seed states its default
-
-
 def test_rank_summary_and_table():
     per_layer = {
         "conv": {"ranks": [(4, 2, 3, 3), (6, 2, 3, 3)]},

@@ -14,11 +14,14 @@ from benchmarks import decomposition_speed  # noqa: E402
 def test_benchmark_writes_its_tables_and_chart(tmp_path):
     previous_threads = torch.get_num_threads()
     try:
-        rows = decomposition_speed.main(
+        code = decomposition_speed.main(
             ["--shapes", "8x6x4x4", "--eps", "0.9", "--repeats", "1", "--backend", "both", "--out", str(tmp_path)]
         )
     finally:
         torch.set_num_threads(previous_threads)
+    assert code == 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    rows = saved["rows"]
     assert [r["backend"] for r in rows] == ["numpy", "torch"]
     for row in rows:
         assert row["ranks_match"]
@@ -26,11 +29,29 @@ def test_benchmark_writes_its_tables_and_chart(tmp_path):
         assert row["error_tensorcomp"] == pytest.approx(row["error_plain"], abs=1e-5)
         assert row["error_tensorcomp"] == pytest.approx(row["error_tensorly_hosvd"], abs=1e-5)
         assert row["error_tensorly_tucker"] <= row["error_tensorcomp"] + 1e-5
-    saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["meta"]["command"].startswith("python -m benchmarks.decomposition_speed --shapes 8x6x4x4")
     assert len(saved["rows"]) == 2
     assert (tmp_path / "results.csv").read_text().startswith("# date:")
     assert (tmp_path / "speedup.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "argv, names",
+    [
+        (["--shapes", "3x3"], ["--shapes", "3x3"]),
+        (["--eps", "0"], ["(0, 1]"]),
+        (["--repeats", "0"], ["--repeats"]),
+        (["--threads", "-1"], ["--threads"]),
+        (["--backend", "cupy"], ["cupy", "numpy"]),
+    ],
+)
+def test_bad_arguments_end_in_one_line_with_status_2(argv, names, tmp_path, capsys):
+    assert decomposition_speed.main([*argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("python -m benchmarks.decomposition_speed: error:")
+    for name in names:
+        assert name in err[0]
+    assert not (tmp_path / "out").exists()
 
 
 def test_activation_data_is_fixed_nonnegative_float32():

@@ -27,7 +27,21 @@ def test_step_cost_writes_tables_and_plot(tmp_path, capsys):
     assert "step cost" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv", [["--methods", "nope"], ["--eps", "1.5"], ["--batch-size", "0"]])
-def test_step_cost_rejects_bad_arguments(argv, capsys):
-    assert step_cost.main(argv) == 2
-    assert "error:" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "argv, names",
+    [
+        (["--methods", "nope"], ["nope", "hosvd"]),
+        (["--eps", "1.5"], ["(0, 1]"]),
+        (["--batch-size", "0"], ["--batch-size"]),
+        (["--sizes", "0"], ["--sizes"]),
+        (["--models", "vgg"], ["vgg", "resnet18"]),
+        (["--dataset", "cifar10", "--data-root", "/nonexistent/cifar"], ["/nonexistent/cifar"]),
+    ],
+)
+def test_step_cost_rejects_bad_arguments_in_one_line(argv, names, tmp_path, capsys):
+    assert step_cost.main([*argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("python -m benchmarks.step_cost: error:")
+    for name in names:
+        assert name in err[0]
+    assert not (tmp_path / "out").exists()

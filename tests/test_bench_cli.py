@@ -1,0 +1,38 @@
+"""Every benchmark script follows one command-line convention (``benchmarks._cli``)."""
+
+import importlib
+import re
+
+import pytest
+
+pytest.importorskip("torchvision")
+pytest.importorskip("matplotlib")
+
+SCRIPTS = ["compare", "gradient_snr", "rank_evolution", "step_cost", "decomposition_speed"]
+
+
+def _main(script):
+    return importlib.import_module(f"benchmarks.{script}").main
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_returns_0_and_states_each_default_once(script, capsys):
+    assert _main(script)(["--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert text.startswith(f"usage: python -m benchmarks.{script}")
+    assert "(default: None)" not in text
+    assert "(default: False)" not in text
+    assert not re.search(r"\(default:[^)]*\)\s*\(default:", text)
+    assert "(default: 3)" in text or "(default: 0)" in text or "(default: 128)" in text or script == "compare"
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("argv", [["--no-such-option"], ["--eps", "2"], ["--eps", "nan"]])
+def test_bad_input_is_one_line_and_status_2(script, argv, capsys, tmp_path):
+    assert _main(script)([*argv, "--out", str(tmp_path / "out")]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith(f"python -m benchmarks.{script}: error:")
+    assert "Traceback" not in captured.err
+    assert not (tmp_path / "out").exists()
