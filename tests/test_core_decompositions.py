@@ -10,7 +10,6 @@ import warnings
 
 import numpy as np
 import pytest
-import tensorly as tl
 from tensorly.cp_tensor import cp_to_tensor
 from tensorly.tt_tensor import tt_to_tensor
 from tensorly.tucker_tensor import tucker_to_tensor
