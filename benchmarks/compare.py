@@ -370,6 +370,108 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *map(fmt, lines)])
 
 
+#: The paper's Table 1 (Nguyen et al., NeurIPS 2024; ImageNet, setup B, eps 0.8): vanilla's activation
+#: memory divided by the method's, at the same number of fine-tuned layers.
+PAPER_TABLE1 = {
+    ("resnet18", 2): {"hosvd": 12.6, "svd": 1.6},
+    ("resnet18", 4): {"hosvd": 10.6, "svd": 1.5},
+    ("mobilenet_v2", 2): {"hosvd": 102.0, "svd": 3.1},
+    ("mobilenet_v2", 4): {"hosvd": 39.0, "svd": 1.9},
+}
+PAPER_EPS = 0.8
+GRADFILTERS = ("gradfilter_r2", "gradfilter_r4", "gradfilter_r7")
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else round(a / b, 2)
+
+
+def paper_comparison(rows: Sequence[dict[str, Any]], model: str) -> list[dict[str, Any]]:
+    """The paper's three questions, answered from one run's rows, with its Table 1 ratios beside ours.
+
+    One row per (layers, eps) that has vanilla, ``svd`` and ``hosvd`` results:
+    memory ratios to vanilla and HOSVD's ratio to SVD (does HOSVD store
+    >= 10x less?); SVD's top-1 minus HOSVD's (is SVD more accurate?); and
+    the best top-1 of the gradient filters that store at least as much as
+    HOSVD, minus HOSVD's (is gradient filtering less accurate at equal or
+    more memory? ``None`` when no filter stores that much). Accuracies are
+    top-1 % on the run's test set, where one test image is
+    ``100 / test_images`` points: differences of a few images are noise.
+    """
+    ok = [r for r in rows if r.get("top1") is not None]
+    out = []
+    for k in sorted({r["layers"] for r in ok}):
+        at_k = {(r["method"], r["eps"]): r for r in ok if r["layers"] == k}
+        vanilla = at_k.get(("vanilla", ""))
+        if vanilla is None:
+            continue
+        for eps in sorted({r["eps"] for r in ok if r["layers"] == k and r["eps"] != ""}):
+            svd, hosvd = at_k.get(("svd", eps)), at_k.get(("hosvd", eps))
+            if svd is None or hosvd is None:
+                continue
+            paper = PAPER_TABLE1.get((model, k)) if eps == PAPER_EPS else None
+            filters = [at_k[(g, "")] for g in GRADFILTERS if (g, "") in at_k]
+            larger = [f for f in filters if f["peak_bytes"] >= hosvd["peak_bytes"]]
+            best = max(larger, key=lambda f: f["top1"], default=None)
+            out.append({
+                "layers": k,
+                "eps": eps,
+                "vanilla_top1": vanilla["top1"],
+                "svd_top1": svd["top1"],
+                "hosvd_top1": hosvd["top1"],
+                "svd_vs_vanilla": _ratio(vanilla["peak_bytes"], svd["peak_bytes"]),
+                "hosvd_vs_vanilla": _ratio(vanilla["peak_bytes"], hosvd["peak_bytes"]),
+                "hosvd_vs_svd": _ratio(svd["peak_bytes"], hosvd["peak_bytes"]),
+                "paper_svd_vs_vanilla": paper["svd"] if paper else None,
+                "paper_hosvd_vs_vanilla": paper["hosvd"] if paper else None,
+                "paper_hosvd_vs_svd": _ratio(paper["hosvd"], paper["svd"]) if paper else None,
+                "hosvd_10x_less_than_svd": svd["peak_bytes"] >= 10 * hosvd["peak_bytes"],
+                "svd_minus_hosvd_top1": round(svd["top1"] - hosvd["top1"], 2),
+                "gradfilter": best["method"] if best else None,
+                "gradfilter_vs_vanilla": _ratio(vanilla["peak_bytes"], best["peak_bytes"]) if best else None,
+                "gradfilter_minus_hosvd_top1": round(best["top1"] - hosvd["top1"], 2) if best else None,
+            })
+    return out
+
+
+def format_paper_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The paper-comparison rows as a terminal table."""
+    def num(v: Any, spec: str = ".1f") -> str:
+        return "-" if v is None else format(v, spec)
+
+    lines = [
+        "the paper's questions (memory: vanilla's peak / the method's; paper: its Table 1, ImageNet, eps 0.8;",
+        "GF: the most accurate gradient filter storing at least as much as HOSVD; top-1 differences in points)",
+        f"{'k':>2} {'eps':>4} | {'van/SVD':>7} {'paper':>5} {'van/HOSVD':>9} {'paper':>5} {'SVD/HOSVD':>9} {'paper':>5} | "
+        f"{'top1 van':>8} {'HOSVD':>6} {'SVD-HOSVD':>9} | {'GF':<13} {'van/GF':>6} {'GF-HOSVD':>8}",
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['layers']:>2} {r['eps']:>4} | {num(r['svd_vs_vanilla']):>7} {num(r['paper_svd_vs_vanilla']):>5} "
+            f"{num(r['hosvd_vs_vanilla']):>9} {num(r['paper_hosvd_vs_vanilla']):>5} "
+            f"{num(r['hosvd_vs_svd']):>9} {num(r['paper_hosvd_vs_svd']):>5} | "
+            f"{num(r['vanilla_top1'], '.2f'):>8} {num(r['hosvd_top1'], '.2f'):>6} {num(r['svd_minus_hosvd_top1'], '+.2f'):>9} | "
+            f"{r['gradfilter'] or '-':<13} {num(r['gradfilter_vs_vanilla']):>6} {num(r['gradfilter_minus_hosvd_top1'], '+.2f'):>8}"
+        )
+    return "\n".join(lines)
+
+
+def write_paper_comparison(out_dir: Path, rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """Write ``paper.csv``/``paper.json`` beside a run's results; returns the rows (empty: nothing written)."""
+    from ._report import write_table
+
+    table = paper_comparison(rows, meta.get("model", ""))
+    if table:
+        info = {key: meta[key] for key in ("date", "command", "device", "cpu", "gpu", "model", "dataset",
+                                            "image_size", "test_images", "note") if key in meta}
+        info["paper"] = ("Nguyen et al., NeurIPS 2024, Table 1: ImageNet, setup B, eps 0.8; "
+                         "vanilla's activation memory / the method's at the same #layers")
+        info["derived_from"] = "results.json beside this file (benchmarks.compare.paper_comparison)"
+        info["gradfilter"] = "the most accurate gradient filter storing at least HOSVD's peak (empty: none does)"
+        write_table(Path(out_dir) / "paper", table, info)
+    return table
+
+
 def pareto_plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     """Top-1 accuracy against peak activation memory (log x): one curve per method and eps, a marker per #layers."""
     import matplotlib
@@ -523,7 +625,13 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.note:
         print(args.note)
     print(format_table(rows))
-    print(f"\nwritten: {out_dir / 'results.csv'}, {out_dir / 'results.json'}, {out_dir / 'pareto.png'}")
+    written = [out_dir / "results.csv", out_dir / "results.json", out_dir / "pareto.png"]
+    questions = write_paper_comparison(out_dir, rows, meta)
+    if questions:
+        print()
+        print(format_paper_table(questions))
+        written += [out_dir / "paper.csv", out_dir / "paper.json"]
+    print(f"\nwritten: {', '.join(map(str, written))}")
     warned = [r for r in rows if r["warnings"]]
     for r in warned:
         print(f"note: {r['method']} eps={r['eps'] or '-'} k={r['layers']}: {r['warnings']}")

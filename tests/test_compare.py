@@ -34,7 +34,7 @@ def _rows(csv_path):
 
 
 def test_tiny_comparison_writes_every_output(tmp_path, capsys):
-    methods = ["vanilla", "hosvd", "gradfilter_r2"]
+    methods = ["vanilla", "svd", "hosvd", "gradfilter_r2"]
     argv = [*TINY, "--methods", *methods, "--out", str(tmp_path), "--run-name", "tiny"]
     assert compare.main(argv) == 0
     out_dir = tmp_path / "tiny"
@@ -53,11 +53,18 @@ def test_tiny_comparison_writes_every_output(tmp_path, capsys):
     for key in ("cpu", "cpu_cores", "torch", "device", "date", "command", "split_rule", "pretrained_top1"):
         assert key in meta
     assert "--run-name tiny" in meta["command"]
-    assert len(report["rows"]) == 3
+    assert len(report["rows"]) == 4
     assert (out_dir / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The paper's questions, for the one (layers, eps) pair that has vanilla, svd and hosvd.
+    paper = json.loads((out_dir / "paper.json").read_text())
+    assert [(r["layers"], r["eps"]) for r in paper["rows"]] == [(2, 0.9)]
+    assert paper["rows"][0]["hosvd_top1"] == report["rows"][2]["top1"]
+    assert paper["rows"][0]["paper_hosvd_vs_vanilla"] is None  # smallcnn on digits is not in the paper
 
     printed = capsys.readouterr().out
     assert "gradfilter_r2" in printed and "top-1 %" in printed
+    assert "the paper's questions" in printed
 
     # Same settings again: the pretrained checkpoint is reused, and identical
     # seeds and data order give identical vanilla results.
@@ -134,6 +141,40 @@ def test_help_states_the_default_grid(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--eps 0.8 0.9, --layers 2 4" in text
     assert "all methods but cp" in text
+
+
+def _row(method, eps, layers, top1, peak):
+    return {"method": method, "eps": eps, "layers": layers, "top1": top1, "peak_bytes": peak}
+
+
+def test_paper_comparison_answers_the_three_questions():
+    rows = [
+        _row("vanilla", "", 2, 70.0, 1000),
+        _row("svd", 0.8, 2, 69.0, 500),
+        _row("hosvd", 0.8, 2, 69.5, 40),
+        _row("gradfilter_r2", "", 2, 69.9, 250),   # stores more than HOSVD, more accurate
+        _row("gradfilter_r4", "", 2, 68.0, 60),    # stores more than HOSVD, less accurate
+        _row("gradfilter_r7", "", 2, 75.0, 20),    # stores less: not a fair comparison, ignored
+        _row("vanilla", "", 4, 71.0, 2000),
+        _row("svd", 0.9, 4, 70.0, 1000),
+        _row("hosvd", 0.9, 4, 70.5, 400),
+        _row("gradfilter_r2", "", 4, 60.0, 100),   # stores less than HOSVD
+        _row("hosvd", 0.8, 4, None, None),         # a failed run has no row in the comparison
+    ]
+    first, second = compare.paper_comparison(rows, "resnet18")
+    assert (first["layers"], first["eps"]) == (2, 0.8)
+    assert first["svd_vs_vanilla"] == 2.0 and first["hosvd_vs_vanilla"] == 25.0 and first["hosvd_vs_svd"] == 12.5
+    assert first["hosvd_10x_less_than_svd"] is True
+    assert first["svd_minus_hosvd_top1"] == -0.5
+    assert (first["paper_hosvd_vs_vanilla"], first["paper_svd_vs_vanilla"]) == (12.6, 1.6)
+    assert first["gradfilter"] == "gradfilter_r2" and first["gradfilter_minus_hosvd_top1"] == 0.4
+    assert (second["layers"], second["eps"]) == (4, 0.9)
+    assert second["hosvd_10x_less_than_svd"] is False
+    assert second["paper_hosvd_vs_vanilla"] is None  # the paper's table is at eps 0.8 only
+    assert second["gradfilter"] is None and second["gradfilter_minus_hosvd_top1"] is None
+    assert compare.paper_comparison(rows, "smallcnn")[0]["paper_hosvd_vs_vanilla"] is None
+    text = compare.format_paper_table([first, second])
+    assert "12.6" in text and "+0.40" in text
 
 
 def test_rank_summary_and_table():
