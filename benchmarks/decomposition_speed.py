@@ -294,7 +294,8 @@ def build_parser() -> Parser:
     add("--eps", type=float, nargs="+", default=list(EPS_VALUES), help="energy fractions kept per mode, in (0, 1]")
     add("--backend", choices=["numpy", "torch", "both"], default="both", help="TensorLy backend of the inputs")
     add("--device", choices=["cpu", "cuda"], default="cpu", help="device of the torch tensors")
-    add("--out", type=Path, default=OUT, help="directory for results.csv/json and speedup.png")
+    add("--out", type=Path, default=OUT,
+        help="folder for results.csv/json and speedup.png (default: benchmarks/results/decomposition_speed of this checkout)")
     add("--threads", type=int, default=1, help="BLAS/LAPACK/OpenMP threads for every method (0: as the libraries set them)")
     return parser
 

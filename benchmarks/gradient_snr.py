@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--limit-train", type=int, default=None, metavar="N", help="use N training images (seeded random subset)")
     add("--seed", type=int, default=0, help="seed of the split, the initialisation and the data order")
     add("--device", default="cpu", help="cpu or cuda")
-    add("--out", type=Path, default=RESULTS, help="results folder")
+    add("--out", type=Path, default=RESULTS, help="results folder (default: benchmarks/results/gradient_snr of this checkout)")
     return parser
 
 

@@ -223,7 +223,8 @@ def build_parser() -> Parser:
         help="images of the batches; auto: CIFAR-10 when --data-root or ../shared/data/cifar10 has it, else digits")
     add("--data-root", default=None, metavar="DIR",
         help="CIFAR-10 folder, either layout (default: ../shared/data/cifar10 beside the checkout when present)")
-    add("--out", default="benchmarks/results/step_cost", help="output folder")
+    add("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "step_cost",
+        help="results folder (default: benchmarks/results/step_cost of this checkout)")
     return parser
 
 
