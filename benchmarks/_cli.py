@@ -14,7 +14,16 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-__all__ = ["HelpFormatter", "Parser", "UsageError", "check_eps", "check_methods", "check_positive", "run_main"]
+__all__ = [
+    "HelpFormatter",
+    "Parser",
+    "UsageError",
+    "check_eps",
+    "check_methods",
+    "check_positive",
+    "load_images",
+    "run_main",
+]
 
 
 class UsageError(Exception):
@@ -84,3 +93,13 @@ def check_positive(**flags: int | None) -> None:
     for name, value in flags.items():
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be a positive integer; got {value}")
+
+
+def load_images(dataset: str, data_root: str | None, *, use_cache: bool = True) -> Any:
+    """:func:`benchmarks._data.load_dataset`, with a missing or malformed data folder as a :class:`UsageError`."""
+    from ._data import DataError, load_dataset
+
+    try:
+        return load_dataset(dataset, data_root, use_cache=use_cache)
+    except DataError as error:
+        raise UsageError(str(error)) from None

@@ -71,3 +71,22 @@ def write_table(stem: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) ->
             writer.writeheader()
             writer.writerows(rows)
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str) + "\n")
+
+
+def save_figure(fig: Any, path: Path, title: str | None = None, *, tight_layout: bool = True) -> None:
+    """Lay out ``fig`` (with ``title`` above its panels), write it as PNG at ``path`` and close it.
+
+    ``tight_layout=False`` for figures whose legends sit outside the axes:
+    the layout pass would grow the axes over them, while ``bbox_inches="tight"``
+    alone widens the picture to include them.
+    """
+    import matplotlib.pyplot as plt
+
+    if title is not None:
+        fig.suptitle(title, fontsize=10)
+    if tight_layout:
+        fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)

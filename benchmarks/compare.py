@@ -52,7 +52,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._cli import Parser, UsageError, check_eps, check_positive, run_main
+from ._cli import Parser, UsageError, check_eps, check_positive, load_images, run_main
 
 METHODS = (
     "vanilla",
@@ -480,6 +480,8 @@ def pareto_plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
+    from ._report import save_figure
+
     rows = [r for r in rows if r["top1"] is not None]
     unit, scale = _mem_unit(rows)
     depths = sorted({r["layers"] for r in rows})
@@ -515,9 +517,7 @@ def pareto_plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     ax.add_artist(method_legend)
     handles = [Line2D([], [], marker=markers[d], linestyle="", color="grey", label=f"{d} layers") for d in depths]
     ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(1.01, 0.0), fontsize=8, title="#layers")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")  # the legends sit outside the axes
-    plt.close(fig)
+    save_figure(fig, path, tight_layout=False)  # the legends sit outside the axes
 
 
 # -- entry point -------------------------------------------------------------------------
@@ -529,13 +529,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    from ._data import DataError
-
     args = build_parser().parse_args(argv)
     check_args(args)
     methods = resolve_methods(args.methods)
 
-    from ._data import load_dataset
     from ._models import build_model, candidate_layers
     from ._report import machine_description, write_table
     from ._training import setup_b
@@ -543,10 +540,7 @@ def _main(argv: Sequence[str] | None) -> int:
     probe, _ = build_model(args.model, 1 if args.dataset == "digits" else 3, 10)
     layers = resolve_layers(args.layers, len(candidate_layers(probe)))
     del probe
-    try:
-        images = load_dataset(args.dataset, args.data_root, use_cache=not args.no_cache)
-    except DataError as error:
-        raise UsageError(str(error)) from None
+    images = load_images(args.dataset, args.data_root, use_cache=not args.no_cache)
     images = images.limited(args.limit_train, args.limit_test, seed=args.seed)
     if len(images.train_labels) < 4:
         raise UsageError(f"--limit-train {args.limit_train} leaves too few training images to split")

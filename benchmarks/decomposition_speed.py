@@ -238,9 +238,7 @@ def plot(rows: list[dict[str, Any]], path: Path, meta: dict[str, Any]) -> None:
     ax.set_ylabel("speedup of tensorcomp.hosvd (median time ratio)")
     ax.set_title(f"HOSVD at identical ranks, float32 ({meta['cpu']}, {meta['cpu_cores']} cores)", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _report.save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------- main

@@ -43,11 +43,10 @@ from torch import nn
 import tensorcomp
 from tensorcomp.adapters import convert
 
-from ._data import DataError, load_dataset
 from ._models import MODELS, FineTuneSetting, candidate_layers
-from ._report import machine_description, write_table
+from ._report import machine_description, save_figure, write_table
 from ._training import setup_b
-from ._cli import Parser, UsageError, check_eps, check_methods, run_main
+from ._cli import Parser, UsageError, check_eps, check_methods, load_images, run_main
 from .compare import apply_dataset_defaults
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gradient_snr"
@@ -179,11 +178,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("weight-gradient SNR  ||dW||² / ||dW - dW_ε||²")
     axes[0][-1].legend(fontsize=7, loc="upper left")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, title)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -200,10 +195,7 @@ def _main(argv: Sequence[str] | None) -> int:
         k = None if args.layers == "all" else int(args.layers)
     except ValueError:
         raise UsageError(f"--layers takes a positive integer or 'all'; got {args.layers!r}") from None
-    try:
-        images = load_dataset(args.dataset, args.data_root)
-    except DataError as error:
-        raise UsageError(str(error)) from None
+    images = load_images(args.dataset, args.data_root)
     images = images.limited(args.limit_train, None, seed=args.seed)
     setup = setup_b(
         images, args.model, image_size=args.image_size, pretrain_epochs=args.pretrain_epochs,

@@ -25,11 +25,10 @@ import torch
 
 from tensorcomp.adapters import convert, memory_stats
 
-from ._data import DataError, load_dataset
 from ._models import MODELS, FineTuneSetting, candidate_layers
-from ._report import machine_description, write_table
+from ._report import machine_description, save_figure, write_table
 from ._training import Schedule, setup_b, train
-from ._cli import Parser, UsageError, check_eps, check_methods, run_main
+from ._cli import Parser, UsageError, check_eps, check_methods, load_images, run_main
 from .compare import apply_dataset_defaults
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rank_evolution"
@@ -120,11 +119,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
         ax.legend(fontsize=6, ncol=2, loc="best")
     for ax in list(axes.flat)[len(layers):]:
         ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, title)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -137,10 +132,7 @@ def _main(argv: Sequence[str] | None) -> int:
     apply_dataset_defaults(args, ("model", "image_size", "pretrain_epochs"))
     check_methods([args.method])
     check_eps(args.eps)
-    try:
-        images = load_dataset(args.dataset, args.data_root)
-    except DataError as error:
-        raise UsageError(str(error)) from None
+    images = load_images(args.dataset, args.data_root)
     images = images.limited(args.limit_train, None, seed=args.seed)
     setup = setup_b(
         images, args.model, image_size=args.image_size, pretrain_epochs=args.pretrain_epochs,

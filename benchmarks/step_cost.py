@@ -32,17 +32,17 @@ from torch import nn
 import tensorcomp
 from tensorcomp.adapters import conv2d_weight_from_factors, convert, memory_stats
 
-from ._cli import Parser, UsageError, check_eps, check_methods, check_positive, run_main
-from ._data import DataError, DeviceImages, channel_stats, load_dataset
+from ._cli import Parser, UsageError, check_eps, check_methods, check_positive, load_images, run_main
+from ._data import DeviceImages, channel_stats
 from ._models import build_model
-from ._report import machine_description, write_table
+from ._report import machine_description, save_figure, write_table
 
 MODELS = ("resnet18", "mobilenet_v2")
 # CIFAR-10 beside the checkout, as the project's shared data is laid out.
 DEFAULT_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 
 
-def load_images(dataset: str, data_root: str | None) -> Any:
+def resolve_images(dataset: str, data_root: str | None) -> Any:
     """The dataset the batches come from.
 
     ``dataset="auto"`` takes CIFAR-10 from ``data_root`` or the shared folder
@@ -51,10 +51,7 @@ def load_images(dataset: str, data_root: str | None) -> Any:
     root = data_root or (str(DEFAULT_CIFAR) if DEFAULT_CIFAR.is_dir() else None)
     if dataset == "auto":
         dataset = "cifar10" if root else "digits"
-    try:
-        return load_dataset(dataset, root)
-    except DataError as error:
-        raise UsageError(str(error)) from None
+    return load_images(dataset, root)
 
 
 def load_image_batch(data: Any, n: int, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -240,7 +237,7 @@ def _main(argv: Sequence[str] | None) -> int:
     check_positive(batch_size=args.batch_size, repeats=args.repeats, layers=min(args.layers), sizes=min(args.sizes))
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available here; use --device cpu")
-    data = load_images(args.dataset, args.data_root)
+    data = resolve_images(args.dataset, args.data_root)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     from tqdm import tqdm
@@ -324,10 +321,7 @@ def plot(step_rows: list[dict[str, Any]], layer_rows: list[dict[str, Any]], path
     axes[2].set(xscale="log", yscale="log", xlabel="rebuild + conv2d_weight (ms)", ylabel="from factors (ms)",
                 title="weight gradient per layer: below the line = factors faster")
     axes[2].legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":
