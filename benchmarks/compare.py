@@ -472,6 +472,17 @@ def write_paper_comparison(out_dir: Path, rows: Sequence[dict[str, Any]], meta: 
     return table
 
 
+def run_title(meta: dict[str, Any]) -> str:
+    """A run's one-line description from its metadata, with its note (if any) wrapped below."""
+    import textwrap
+
+    epochs = meta.get("finetune_schedule", {}).get("epochs", "?")
+    title = f"{meta.get('dataset')}, {meta.get('model')} {meta.get('image_size')}px, setup B, {epochs} fine-tuning epochs"
+    if meta.get("note"):
+        title += "\n" + textwrap.fill(meta["note"], 100)
+    return title
+
+
 def pareto_plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     """Top-1 accuracy against peak activation memory (log x): one curve per method and eps, a marker per #layers."""
     import matplotlib
@@ -611,10 +622,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 )
     if bar is not None:
         bar.close()
-    title = f"{args.dataset}, {args.model} {args.image_size}px, setup B, {args.epochs} fine-tuning epochs"
-    if args.note:
-        title += f"\n{args.note}"
-    pareto_plot(rows, out_dir / "pareto.png", title)
+    pareto_plot(rows, out_dir / "pareto.png", run_title(meta))
     print()
     if args.note:
         print(args.note)

@@ -177,6 +177,15 @@ def test_paper_comparison_answers_the_three_questions():
     assert "12.6" in text and "+0.40" in text
 
 
+def test_run_title_wraps_a_long_note():
+    meta = {"dataset": "cifar10", "model": "resnet18", "image_size": 224, "finetune_schedule": {"epochs": 1},
+            "note": "a long note " * 30}
+    lines = compare.run_title(meta).splitlines()
+    assert lines[0] == "cifar10, resnet18 224px, setup B, 1 fine-tuning epochs"
+    assert len(lines) > 2 and all(len(line) <= 100 for line in lines)
+    assert compare.run_title({**meta, "note": None}) == lines[0]
+
+
 def test_rank_summary_and_table():
     per_layer = {
         "conv": {"ranks": [(4, 2, 3, 3), (6, 2, 3, 3)]},
