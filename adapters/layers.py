@@ -66,6 +66,12 @@ class _CompressedLayer:
         self.activation_memory = memory
         self.compression_key = key
 
+    def _init_standalone(self, compressor: Compressor) -> None:
+        """A layer built directly (not by :func:`convert`): its own memory record, opened every forward."""
+        memory = ActivationMemory()
+        self._init_compression(compressor, memory, self._get_name())  # type: ignore[attr-defined]
+        self.register_forward_pre_hook(_StartStep(memory))  # type: ignore[attr-defined]
+
     def _compresses(self, x: torch.Tensor) -> bool:
         return self.training and torch.is_grad_enabled() and self.weight.requires_grad  # type: ignore[attr-defined]
 
@@ -245,9 +251,7 @@ class CompressedConv2d(_CompressedLayer, nn.Conv2d):
         super().__init__(
             in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, device, dtype
         )
-        memory = ActivationMemory()
-        self._init_compression(compressor, memory, self._get_name())
-        self.register_forward_pre_hook(_StartStep(memory))
+        self._init_standalone(compressor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._compresses(x):
@@ -348,9 +352,7 @@ class CompressedLinear(_CompressedLayer, nn.Linear):
     ) -> None:
         compressor = Compressor(method, eps, **method_kwargs)
         super().__init__(in_features, out_features, bias, device, dtype)
-        memory = ActivationMemory()
-        self._init_compression(compressor, memory, self._get_name())
-        self.register_forward_pre_hook(_StartStep(memory))
+        self._init_standalone(compressor)
 
     def _compresses(self, x: torch.Tensor) -> bool:
         return x.dim() >= 2 and super()._compresses(x)
