@@ -88,9 +88,28 @@ RESULTS = Path(__file__).resolve().parent / "results"
 PROG = "python -m benchmarks.compare"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_setup_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a setup-B run that every fine-tuning benchmark shares: data, model, pretraining, seed, device.
+
+    ``None`` defaults are filled per dataset by :func:`check_setup_arguments`.
+    """
     from ._models import MODELS
 
+    add = parser.add_argument
+    add("--dataset", default="digits", help="digits (embedded) or cifar10")
+    add("--data-root", default=None, metavar="DIR",
+        help="CIFAR-10 folder: cifar-10-batches-py/ (torchvision's layout) or train/<class>/*.jpg + test/ "
+        "(ImageFolder layout); default $TENSORCOMP_DATA_ROOT")
+    add("--model", default=None, help=f"one of {', '.join(MODELS)} (default: smallcnn for digits, resnet18 for cifar10)")
+    add("--image-size", type=int, default=None, help="side of the square input images (default: 32 for digits, 224 for cifar10)")
+    add("--pretrain-epochs", type=int, default=None, help="pretraining epochs on the first half (default: per dataset)")
+    add("--batch-size", type=int, default=128, help="batch size of pretraining and fine-tuning")
+    add("--seed", type=int, default=0, help="seed of the split, the initialisation and the data order")
+    add("--device", default="cpu", help="cpu or cuda")
+    add("--limit-train", type=int, default=None, metavar="N", help="use N training images (seeded random subset), for quick runs")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog=PROG,
         description=(
@@ -120,19 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
         f"methods without a threshold ({', '.join(sorted(EPS_FREE))}) run once per depth (default: 0.8 0.9)")
     add("--layers", nargs="+", default=list(DEFAULT_LAYERS), metavar="K",
         help="numbers k of trailing conv/linear layers to fine-tune (and compress), or 'all' (default: 2 4)")
-    add("--dataset", default="digits", help="digits (embedded, the default) or cifar10")
-    add("--data-root", default=None, metavar="DIR",
-        help="CIFAR-10 folder: cifar-10-batches-py/ (torchvision's layout) or train/<class>/*.jpg + test/ "
-        "(ImageFolder layout); default $TENSORCOMP_DATA_ROOT")
-    add("--model", default=None, help=f"one of {', '.join(MODELS)} (default: smallcnn for digits, resnet18 for cifar10)")
-    add("--image-size", type=int, default=None, help="side of the square input images (default: 32 for digits, 224 for cifar10)")
+    add_setup_arguments(parser)
     add("--epochs", type=int, default=None, help="fine-tuning epochs (default: per dataset, see below)")
-    add("--pretrain-epochs", type=int, default=None, help="pretraining epochs on the first half (default: per dataset)")
-    add("--batch-size", type=int, default=128, help="batch size of pretraining and fine-tuning (default: 128)")
-    add("--lr", type=float, default=0.05, help="fine-tuning learning rate, decayed to 0 by a cosine (default: 0.05)")
-    add("--seed", type=int, default=0, help="seed of the split, the initialisation and the data order (default: 0)")
-    add("--device", default="cpu", help="cpu (default) or cuda")
-    add("--limit-train", type=int, default=None, metavar="N", help="use N training images (seeded random subset), for quick runs")
+    add("--lr", type=float, default=0.05, help="fine-tuning learning rate, decayed to 0 by a cosine")
     add("--limit-test", type=int, default=None, metavar="N", help="use N test images (seeded random subset)")
     add("--out", type=Path, default=RESULTS, help="results folder (default: benchmarks/results of this checkout)")
     add("--run-name", default=None, help="subfolder of --out (default: compare-<dataset>-<model>-<image size>)")
@@ -193,8 +202,8 @@ def resolve_layers(values: Sequence[str], num_candidates: int) -> list[int]:
     return out
 
 
-def apply_dataset_defaults(args: argparse.Namespace, names: Sequence[str]) -> None:
-    """Check ``args.dataset`` and ``args.model``, filling the options in ``names`` left unset from the dataset's defaults.
+def check_setup_arguments(args: argparse.Namespace, names: Sequence[str]) -> None:
+    """Check the options of :func:`add_setup_arguments`, filling those in ``names`` left unset from the dataset's defaults.
 
     Shared by every benchmark built on this loop (compare, gradient_snr, rank_evolution).
     """
@@ -208,22 +217,12 @@ def apply_dataset_defaults(args: argparse.Namespace, names: Sequence[str]) -> No
             setattr(args, name, DEFAULTS[args.dataset][name])
     if args.model not in MODELS:
         raise UsageError(f"unknown model {args.model!r}; choose one of {', '.join(MODELS)}")
-
-
-def check_args(args: argparse.Namespace) -> None:
-    from ._data import DATASETS
-
-    apply_dataset_defaults(args, DEFAULTS[args.dataset] if args.dataset in DATASETS else ())
-    check_eps(args.eps)
     check_positive(
-        epochs=args.epochs, pretrain_epochs=args.pretrain_epochs, batch_size=args.batch_size,
-        image_size=args.image_size, cp_max_rank=args.cp_max_rank, cp_iters=args.cp_iters,
-        limit_train=args.limit_train, limit_test=args.limit_test,
+        pretrain_epochs=args.pretrain_epochs, batch_size=args.batch_size, image_size=args.image_size,
+        limit_train=args.limit_train,
     )
-    if args.image_size < 8:
+    if args.image_size is not None and args.image_size < 8:
         raise UsageError(f"--image-size must be at least 8; got {args.image_size}")
-    if not args.lr > 0:
-        raise UsageError(f"--lr must be positive; got {args.lr}")
     if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
         raise UsageError(f"unknown device {args.device!r}; choose cpu or cuda")
     if args.device.startswith("cuda"):
@@ -231,6 +230,16 @@ def check_args(args: argparse.Namespace) -> None:
 
         if not torch.cuda.is_available():
             raise UsageError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    from ._data import DATASETS
+
+    check_setup_arguments(args, DEFAULTS[args.dataset] if args.dataset in DATASETS else ())
+    check_eps(args.eps)
+    check_positive(epochs=args.epochs, cp_max_rank=args.cp_max_rank, cp_iters=args.cp_iters, limit_test=args.limit_test)
+    if not args.lr > 0:
+        raise UsageError(f"--lr must be positive; got {args.lr}")
 
 
 # -- one run -----------------------------------------------------------------------

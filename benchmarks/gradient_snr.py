@@ -43,11 +43,11 @@ from torch import nn
 import tensorcomp
 from tensorcomp.adapters import convert
 
-from ._models import MODELS, FineTuneSetting, candidate_layers
+from ._models import FineTuneSetting, candidate_layers
 from ._report import machine_description, save_figure, write_table
 from ._training import setup_b
-from ._cli import Parser, UsageError, check_eps, check_methods, load_images, run_main
-from .compare import apply_dataset_defaults
+from ._cli import Parser, UsageError, check_eps, check_methods, check_positive, load_images, run_main
+from .compare import add_setup_arguments, check_setup_arguments
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gradient_snr"
 DEFAULT_EPS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -64,15 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--eps", nargs="+", type=float, default=list(DEFAULT_EPS), help="energy fractions kept, in (0, 1)")
     add("--layers", default="all", help="number k of trailing conv/linear layers converted, or 'all'")
     add("--batches", type=int, default=2, help="training batches averaged over")
-    add("--batch-size", type=int, default=128, help="images per training batch")
-    add("--dataset", default="digits", help="digits (embedded) or cifar10")
-    add("--data-root", default=None, metavar="DIR", help="CIFAR-10 folder (see benchmarks.compare)")
-    add("--model", default=None, help=f"one of {', '.join(MODELS)} (default: smallcnn for digits, resnet18 for cifar10)")
-    add("--image-size", type=int, default=None, help="default: 32 for digits, 224 for cifar10")
-    add("--pretrain-epochs", type=int, default=None, help="pretraining epochs (default: as benchmarks.compare)")
-    add("--limit-train", type=int, default=None, metavar="N", help="use N training images (seeded random subset)")
-    add("--seed", type=int, default=0, help="seed of the split, the initialisation and the data order")
-    add("--device", default="cpu", help="cpu or cuda")
+    add_setup_arguments(parser)
     add("--out", type=Path, default=RESULTS, help="results folder (default: benchmarks/results/gradient_snr of this checkout)")
     return parser
 
@@ -188,9 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    apply_dataset_defaults(args, ("model", "image_size", "pretrain_epochs"))
+    check_setup_arguments(args, ("model", "image_size", "pretrain_epochs"))
     check_methods(args.methods)
     check_eps(args.eps, allow_one=False)  # at 1 the gradient noise is zero: no SNR to measure
+    check_positive(batches=args.batches)
     try:
         k = None if args.layers == "all" else int(args.layers)
     except ValueError:

@@ -25,11 +25,11 @@ import torch
 
 from tensorcomp.adapters import convert, memory_stats
 
-from ._models import MODELS, FineTuneSetting, candidate_layers
+from ._models import FineTuneSetting, candidate_layers
 from ._report import machine_description, save_figure, write_table
 from ._training import Schedule, setup_b, train
-from ._cli import Parser, UsageError, check_eps, check_methods, load_images, run_main
-from .compare import apply_dataset_defaults
+from ._cli import Parser, UsageError, check_eps, check_methods, check_positive, load_images, run_main
+from .compare import add_setup_arguments, check_setup_arguments
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rank_evolution"
 PROG = "python -m benchmarks.rank_evolution"
@@ -45,16 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--eps", nargs="+", type=float, default=[0.8, 0.9], help="energy fractions kept, in (0, 1]")
     add("--layers", default="4", help="number k of trailing conv/linear layers fine-tuned and compressed, or 'all'")
     add("--epochs", type=int, default=10, help="fine-tuning epochs")
-    add("--batch-size", type=int, default=128, help="images per training batch")
     add("--lr", type=float, default=0.05, help="fine-tuning learning rate, decayed to 0 by a cosine")
-    add("--dataset", default="digits", help="digits (embedded) or cifar10")
-    add("--data-root", default=None, metavar="DIR", help="CIFAR-10 folder (see benchmarks.compare)")
-    add("--model", default=None, help=f"one of {', '.join(MODELS)} (default: smallcnn for digits, resnet18 for cifar10)")
-    add("--image-size", type=int, default=None, help="default: 32 for digits, 224 for cifar10")
-    add("--pretrain-epochs", type=int, default=None, help="pretraining epochs (default: as benchmarks.compare)")
-    add("--limit-train", type=int, default=None, metavar="N", help="use N training images (seeded random subset)")
-    add("--seed", type=int, default=0, help="seed of the split, the initialisation and the data order")
-    add("--device", default="cpu", help="cpu or cuda")
+    add_setup_arguments(parser)
     add("--out", type=Path, default=RESULTS, help="results folder (default: benchmarks/results/rank_evolution of this checkout)")
     add("--no-progress", action="store_true", help="no progress bars")
     return parser
@@ -129,9 +121,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    apply_dataset_defaults(args, ("model", "image_size", "pretrain_epochs"))
+    check_setup_arguments(args, ("model", "image_size", "pretrain_epochs"))
     check_methods([args.method])
     check_eps(args.eps)
+    check_positive(epochs=args.epochs)
+    if not args.lr > 0:
+        raise UsageError(f"--lr must be positive; got {args.lr}")
     images = load_images(args.dataset, args.data_root)
     images = images.limited(args.limit_train, None, seed=args.seed)
     setup = setup_b(

@@ -38,3 +38,16 @@ def test_bad_input_is_one_line_and_status_2(script, argv, capsys, tmp_path):
     assert lines[0].startswith(f"python -m benchmarks.{script}: error:")
     assert "Traceback" not in captured.err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("script", ["compare", "gradient_snr", "rank_evolution"])
+@pytest.mark.parametrize(
+    "argv, name",
+    [(["--batch-size", "0"], "--batch-size"), (["--image-size", "4"], "--image-size"),
+     (["--model", "vgg"], "vgg"), (["--device", "tpu"], "tpu"), (["--limit-train", "0"], "--limit-train")],
+)
+def test_the_shared_setup_options_are_checked_alike(script, argv, name, capsys, tmp_path):
+    assert _main(script)([*argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and name in err[0]
+    assert not (tmp_path / "out").exists()
