@@ -232,6 +232,22 @@ def check_setup_arguments(args: argparse.Namespace, names: Sequence[str]) -> Non
             raise UsageError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
 
 
+def pretrained_setup(
+    args: argparse.Namespace, *, limit_test: int | None = None, use_cache: bool = True, progress: bool = False
+) -> Any:
+    """Load the data named by the setup options, split it (setup B) and pretrain on the first half (cached)."""
+    from ._training import setup_b
+
+    images = load_images(args.dataset, args.data_root, use_cache=use_cache)
+    images = images.limited(args.limit_train, limit_test, seed=args.seed)
+    if len(images.train_labels) < 4:
+        raise UsageError(f"--limit-train {args.limit_train} leaves too few training images to split")
+    return setup_b(
+        images, args.model, image_size=args.image_size, pretrain_epochs=args.pretrain_epochs,
+        batch_size=args.batch_size, seed=args.seed, device=args.device, use_cache=use_cache, progress=progress,
+    )
+
+
 def check_args(args: argparse.Namespace) -> None:
     from ._data import DATASETS
 
@@ -555,24 +571,15 @@ def _main(argv: Sequence[str] | None) -> int:
 
     from ._models import build_model, candidate_layers
     from ._report import machine_description, write_table
-    from ._training import setup_b
 
     probe, _ = build_model(args.model, 1 if args.dataset == "digits" else 3, 10)
     layers = resolve_layers(args.layers, len(candidate_layers(probe)))
     del probe
-    images = load_images(args.dataset, args.data_root, use_cache=not args.no_cache)
-    images = images.limited(args.limit_train, args.limit_test, seed=args.seed)
-    if len(images.train_labels) < 4:
-        raise UsageError(f"--limit-train {args.limit_train} leaves too few training images to split")
-
     progress = not args.no_progress
     run_name = args.run_name or f"compare-{args.dataset}-{args.model}-{args.image_size}"
     out_dir = Path(args.out) / run_name
     started = time.perf_counter()
-    setup = setup_b(
-        images, args.model, image_size=args.image_size, pretrain_epochs=args.pretrain_epochs,
-        batch_size=args.batch_size, seed=args.seed, device=args.device, use_cache=not args.no_cache, progress=progress,
-    )
+    setup = pretrained_setup(args, limit_test=args.limit_test, use_cache=not args.no_cache, progress=progress)
     meta = machine_description(args.device, argv)
     if hasattr(os, "getloadavg"):
         # Step times are only comparable on an otherwise idle machine: record how busy it was.
@@ -595,7 +602,7 @@ def _main(argv: Sequence[str] | None) -> int:
     })
     how = "cached checkpoint" if setup.info["pretrain_reused"] else f"{setup.info['pretrain_seconds']:.0f} s"
     print(
-        f"{args.dataset} ({images.source}), {args.model} at {args.image_size}x{args.image_size}: "
+        f"{args.dataset} ({setup.info['data_source']}), {args.model} at {args.image_size}x{args.image_size}: "
         f"pretrained on {setup.info['pretrain_images']} images ({how}), "
         f"test top-1 {setup.info['pretrained_top1']:.2f}%; fine-tuning on {setup.info['finetune_images']}, "
         f"testing on {setup.info['test_images']}",

@@ -45,9 +45,8 @@ from tensorcomp.adapters import convert
 
 from ._models import FineTuneSetting, candidate_layers
 from ._report import machine_description, save_figure, write_table
-from ._training import setup_b
-from ._cli import Parser, UsageError, check_eps, check_methods, check_positive, load_images, run_main
-from .compare import add_setup_arguments, check_setup_arguments
+from ._cli import Parser, UsageError, check_eps, check_methods, check_positive, run_main
+from .compare import add_setup_arguments, check_setup_arguments, pretrained_setup
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gradient_snr"
 DEFAULT_EPS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -188,12 +187,7 @@ def _main(argv: Sequence[str] | None) -> int:
         k = None if args.layers == "all" else int(args.layers)
     except ValueError:
         raise UsageError(f"--layers takes a positive integer or 'all'; got {args.layers!r}") from None
-    images = load_images(args.dataset, args.data_root)
-    images = images.limited(args.limit_train, None, seed=args.seed)
-    setup = setup_b(
-        images, args.model, image_size=args.image_size, pretrain_epochs=args.pretrain_epochs,
-        batch_size=args.batch_size, seed=args.seed, device=args.device, progress=False,
-    )
+    setup = pretrained_setup(args)
     if args.batches * args.batch_size > len(setup.finetune):
         raise UsageError(
             f"--batches {args.batches} of --batch-size {args.batch_size} need {args.batches * args.batch_size} "

@@ -27,9 +27,9 @@ from tensorcomp.adapters import convert, memory_stats
 
 from ._models import FineTuneSetting, candidate_layers
 from ._report import machine_description, save_figure, write_table
-from ._training import Schedule, setup_b, train
-from ._cli import Parser, UsageError, check_eps, check_methods, check_positive, load_images, run_main
-from .compare import add_setup_arguments, check_setup_arguments
+from ._training import Schedule, train
+from ._cli import Parser, UsageError, check_eps, check_methods, check_positive, run_main
+from .compare import add_setup_arguments, check_setup_arguments, pretrained_setup
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rank_evolution"
 PROG = "python -m benchmarks.rank_evolution"
@@ -127,12 +127,7 @@ def _main(argv: Sequence[str] | None) -> int:
     check_positive(epochs=args.epochs)
     if not args.lr > 0:
         raise UsageError(f"--lr must be positive; got {args.lr}")
-    images = load_images(args.dataset, args.data_root)
-    images = images.limited(args.limit_train, None, seed=args.seed)
-    setup = setup_b(
-        images, args.model, image_size=args.image_size, pretrain_epochs=args.pretrain_epochs,
-        batch_size=args.batch_size, seed=args.seed, device=args.device, progress=not args.no_progress,
-    )
+    setup = pretrained_setup(args, progress=not args.no_progress)
     num_layers = len(candidate_layers(setup.build()))
     try:
         k = num_layers if args.layers == "all" else int(args.layers)
