@@ -35,25 +35,6 @@ def test_benchmark_writes_its_tables_and_chart(tmp_path):
     assert (tmp_path / "speedup.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize(
-    "argv, names",
-    [
-        (["--shapes", "3x3"], ["--shapes", "3x3"]),
-        (["--eps", "0"], ["(0, 1]"]),
-        (["--repeats", "0"], ["--repeats"]),
-        (["--threads", "-1"], ["--threads"]),
-        (["--backend", "cupy"], ["cupy", "numpy"]),
-    ],
-)
-def test_bad_arguments_end_in_one_line_with_status_2(argv, names, tmp_path, capsys):
-    assert decomposition_speed.main([*argv, "--out", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("python -m benchmarks.decomposition_speed: error:")
-    for name in names:
-        assert name in err[0]
-    assert not (tmp_path / "out").exists()
-
-
 def test_activation_data_is_fixed_nonnegative_float32():
     a = decomposition_speed.activation((4, 3, 5, 5))
     b = decomposition_speed.activation((4, 3, 5, 5))

@@ -25,23 +25,3 @@ def test_step_cost_writes_tables_and_plot(tmp_path, capsys):
     assert {r["layer"] for r in layers["rows"]} == {"layer4.1.conv1", "layer4.1.conv2"}
     assert steps["meta"]["cpu_cores"] >= 1
     assert "step cost" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize(
-    "argv, names",
-    [
-        (["--methods", "nope"], ["nope", "hosvd"]),
-        (["--eps", "1.5"], ["(0, 1]"]),
-        (["--batch-size", "0"], ["--batch-size"]),
-        (["--sizes", "0"], ["--sizes"]),
-        (["--models", "vgg"], ["vgg", "resnet18"]),
-        (["--dataset", "cifar10", "--data-root", "/nonexistent/cifar"], ["/nonexistent/cifar"]),
-    ],
-)
-def test_step_cost_rejects_bad_arguments_in_one_line(argv, names, tmp_path, capsys):
-    assert step_cost.main([*argv, "--out", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("python -m benchmarks.step_cost: error:")
-    for name in names:
-        assert name in err[0]
-    assert not (tmp_path / "out").exists()
