@@ -25,10 +25,10 @@ import torch
 
 from tensorcomp.adapters import convert, memory_stats
 
+from ._cli import Parser, UsageError, check_eps, check_methods, check_positive, run_main
 from ._models import FineTuneSetting, candidate_layers
 from ._report import machine_description, save_figure, write_table
 from ._training import Schedule, train
-from ._cli import Parser, UsageError, check_eps, check_methods, check_positive, run_main
 from .compare import add_setup_arguments, check_setup_arguments, pretrained_setup
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rank_evolution"
