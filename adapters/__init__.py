@@ -2,22 +2,30 @@
 
 Two styles over the same core decompositions:
 
-- :func:`compress_activations`, a ``saved_tensors_hooks`` context manager that
-  packs saved activations with any registered method, for any architecture;
+- :func:`compress_activations`, a ``saved_tensors_hooks`` context manager
+  under which every op keeps the most compact form its backward allows, for
+  any architecture;
 - :func:`convert`, which swaps ``nn.Conv2d``/``nn.Linear`` layers for
-  compressed versions whose backward computes the weight gradient straight
-  from the factors.
+  compressed versions and runs each training forward under the same policy.
+
+What each op keeps is decided in one table, :mod:`tensorcomp.adapters.policy`;
+what a step holds is counted in :mod:`tensorcomp.adapters._held`.
 """
 
 from .baselines import PatchMeans, QuantizedTensor, StoredTensor, offload, patch_mean, quantize
 from .grad_weight import conv2d_weight_from_factors, linear_weight_from_factors
 from .layers import CompressedConv2d, CompressedLinear, convert, memory_stats
+from ._held import HeldStep
 from .hooks import compress_activations
+from .masks import BitMask, narrow_index_dtype
 from .memory import ActivationMemory, LayerRecord
 
 __all__ = [
     "ActivationMemory",
     "LayerRecord",
+    "HeldStep",
+    "BitMask",
+    "narrow_index_dtype",
     "CompressedConv2d",
     "CompressedLinear",
     "convert",

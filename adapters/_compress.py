@@ -35,7 +35,7 @@ class Packed:
     rank : rank of the decomposition, or ``None``.
     """
 
-    __slots__ = ("result", "tensor", "shape", "dtype", "nbytes", "original_nbytes", "rank", "__weakref__")
+    __slots__ = ("result", "tensor", "shape", "dtype", "nbytes", "original_nbytes", "rank", "version", "layout", "hold", "__weakref__")
 
     def __init__(self, source: torch.Tensor, result: Any = None) -> None:
         self.shape = source.shape
@@ -43,12 +43,41 @@ class Packed:
         self.original_nbytes = source.numel() * source.element_size()
         self.result = result
         self.tensor = source if result is None else None
+        self.version = source._version
+        self.layout = (tuple(source.shape), source.stride(), source.storage_offset())
         self.nbytes = self.original_nbytes if result is None else int(result.nbytes)
         self.rank = None if result is None else getattr(result, "rank", None)
+        self.hold: Any = None
+
+    def adopt(self, raw: torch.Tensor) -> None:
+        """Read the activation from ``raw``, a tensor of the same storage at the same version, and drop the result.
+
+        Used when another op keeps the same storage raw anyway (Rule 3 of
+        NOTE [ Held memory ]): the decomposition is then redundant.
+        """
+        shape, stride, offset = self.layout
+        self.tensor = raw.as_strided(shape, stride, offset)
+        self.version = raw._version
+        self.result = None
+        self.nbytes = self.original_nbytes
+        self.rank = None
 
     def unpack(self) -> torch.Tensor:
-        """The activation (exact, or rebuilt from the decomposition), in its original shape and dtype."""
+        """The activation (exact, or rebuilt from the decomposition), in its original shape and dtype.
+
+        Raises
+        ------
+        RuntimeError
+            If the kept tensor was modified in place since it was stored, as
+            autograd raises for its own saved tensors.
+        """
         if self.result is None:
+            if self.tensor._version != self.version:
+                raise RuntimeError(
+                    "one of the variables needed for gradient computation has been modified by an inplace operation: "
+                    f"a saved activation of shape {tuple(self.shape)} is at version {self.tensor._version}; "
+                    f"expected version {self.version} instead"
+                )
             return self.tensor
         return self.result.to_tensor().reshape(self.shape).to(self.dtype)
 
@@ -103,6 +132,9 @@ class Compressor:
         (tokens x features for linear layers); the stored result is reshaped
         back on unpack.
         """
+        if self.method == "vanilla":
+            # Kept as is: the held-memory ledger then sees it as the raw tensor it is.
+            return Packed(x.detach())
         with torch.no_grad():
             data = x.detach()
             if matrix_view and data.dim() > 2:
@@ -110,6 +142,9 @@ class Compressor:
             kwargs = dict(self.method_kwargs)
             kwargs["eps"] = self.eps
             calls = 0
+            # Warm state is kept per layer *and* shape: a short last batch or a
+            # differently shaped input starts cold and never caps a later full batch.
+            key = (key, tuple(data.shape))
             if self.warm_start and key in self._previous:
                 previous, calls = self._previous[key]
                 if self.refresh_every is None or calls % self.refresh_every != 0:

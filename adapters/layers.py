@@ -5,7 +5,10 @@ usual, but instead of the input activation it stores a truncated
 decomposition of it. Its backward computes the input gradient exactly (it
 needs only the weight) and the weight gradient straight from the stored
 factors (:mod:`tensorcomp.adapters.grad_weight`), so the activation is never
-rebuilt. :func:`convert` swaps the layers of an existing model in place.
+rebuilt. :func:`convert` swaps the layers of an existing model in place, and
+runs each training forward of the model under the same policy as
+:func:`~tensorcomp.adapters.compress_activations`, so both styles hold the
+same bytes (:mod:`tensorcomp.adapters.policy`).
 """
 
 from __future__ import annotations
@@ -15,42 +18,56 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
-from ._compress import Compressor, Packed
-from .grad_weight import (
-    ConvGeometry,
-    conv2d_padding,
-    conv2d_weight_dense,
-    conv2d_weight_from_factors,
-    linear_weight_from_factors,
-)
+from ._compress import Compressor
+from .hooks import DEFAULT_MIN_NUMEL, check_norm_inputs
 from .memory import ActivationMemory
+from .policy import Session, active_session
 
 __all__ = ["CompressedConv2d", "CompressedLinear", "convert", "memory_stats"]
 
 
-class _StartStep:
-    """Forward pre-hook opening a memory step for each training forward with gradients.
+class _SessionHooks:
+    """Root forward hooks of a :func:`convert`-ed model: each training forward with gradients runs in one session.
 
-    A callable object rather than a closure so that ``copy.deepcopy`` of a
-    model points the copy's hook at the copy's :class:`ActivationMemory`.
+    A callable object rather than closures so that ``copy.deepcopy`` of a
+    model points the copy's hooks at the copy's :class:`ActivationMemory`.
     """
 
-    def __init__(self, memory: ActivationMemory) -> None:
+    def __init__(self, memory: ActivationMemory, compressor: Compressor, options: dict[str, Any]) -> None:
         self.memory = memory
+        self.compressor = compressor
+        self.options = options
+        self.session: Session | None = None
 
-    def __call__(self, module: nn.Module, args: Any) -> None:
-        if module.training and torch.is_grad_enabled():
-            self.memory.start_step()
+    def __deepcopy__(self, memo: dict[int, Any]) -> _SessionHooks:
+        import copy
+
+        return _SessionHooks(copy.deepcopy(self.memory, memo), copy.deepcopy(self.compressor, memo), dict(self.options))
+
+    def before(self, module: nn.Module, args: Any) -> None:
+        if self.session is None and module.training and torch.is_grad_enabled():
+            self.session = Session(
+                self.compressor, self.memory, model=module, selects=_is_compressed_layer, root_hooks_outside=True, **self.options
+            )
+            self.session.start()
+
+    def after(self, module: nn.Module, args: Any, output: Any) -> None:
+        session, self.session = self.session, None
+        if session is not None:
+            session.stop()
 
 
-def _step_hook_of(module: nn.Module) -> _StartStep | None:
+def _is_compressed_layer(name: str, module: nn.Module) -> bool:
+    return isinstance(module, _CompressedLayer)
+
+
+def _session_hooks_of(module: nn.Module) -> _SessionHooks | None:
     for hook in module._forward_pre_hooks.values():
-        if isinstance(hook, _StartStep):
-            return hook
+        owner = getattr(hook, "__self__", None)
+        if isinstance(owner, _SessionHooks):
+            return owner
     return None
 
 
@@ -67,21 +84,28 @@ class _CompressedLayer:
         self.compression_key = key
 
     def _init_standalone(self, compressor: Compressor) -> None:
-        """A layer built directly (not by :func:`convert`): its own memory record, opened every forward."""
-        memory = ActivationMemory()
-        self._init_compression(compressor, memory, self._get_name())  # type: ignore[attr-defined]
-        self.register_forward_pre_hook(_StartStep(memory))  # type: ignore[attr-defined]
+        """A layer built directly (not by :func:`convert`): its own memory record, one step per forward."""
+        self._init_compression(compressor, ActivationMemory(), self._get_name())  # type: ignore[attr-defined]
 
     def _compresses(self, x: torch.Tensor) -> bool:
         return self.training and torch.is_grad_enabled() and self.weight.requires_grad  # type: ignore[attr-defined]
 
-    def _store(self, x: torch.Tensor, *, matrix_view: bool = False) -> Packed:
-        packed = self.compressor(x, key=self.compression_key, matrix_view=matrix_view)
-        memory = self.activation_memory
-        memory.record(self.compression_key, original_bytes=packed.original_nbytes, stored_bytes=packed.nbytes, rank=packed.rank)
-        if packed.result is None:
-            memory.skipped += 1
-        return packed
+    def _forward_compressed(self, x: torch.Tensor) -> torch.Tensor:
+        plain = super().forward  # type: ignore[misc]
+        if not self._compresses(x):
+            return plain(x)
+        if active_session() is not None:
+            # The running session's mode decides what this layer's conv/linear call keeps.
+            return plain(x)
+        session = Session(
+            self.compressor, self.activation_memory, model=None, selects=None,
+            min_numel=1, norm_inputs="exact", masks=True, name=self.compression_key,
+        )
+        session.start()
+        try:
+            return plain(x)
+        finally:
+            session.stop()
 
     def extra_repr(self) -> str:
         base = super().extra_repr()  # type: ignore[misc]
@@ -99,83 +123,6 @@ class _CompressedLayer:
         new._modules = dict(layer._modules)
         new._init_compression(compressor, memory, key)
         return new
-
-
-def _autocast_dtype(device_type: str) -> torch.dtype | None:
-    """The lower-precision dtype ``conv2d``/``linear`` would run in under the active autocast, if any."""
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return None
-
-
-def _cast(tensors: Iterable[torch.Tensor | None], dtype: torch.dtype) -> list[torch.Tensor | None]:
-    return [t if t is None or not t.is_floating_point() else t.to(dtype) for t in tensors]
-
-
-# -- convolution ---------------------------------------------------------------
-class _Conv2dFunction(torch.autograd.Function):
-    """``conv2d`` whose backward reads the weight gradient from a stored decomposition of ``x``."""
-
-    @staticmethod
-    def forward(x, weight, bias, layer, geometry):  # type: ignore[override]
-        stride, pads, dilation, groups = geometry
-        top, bottom, left, right = pads
-        if top == bottom and left == right:
-            return F.conv2d(x, weight, bias, stride, (top, left), dilation, groups)
-        # Asymmetric ("same" with an even kernel): the padded copy lives only here.
-        return F.conv2d(F.pad(x, (left, right, top, bottom)), weight, bias, stride, 0, dilation, groups)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):  # type: ignore[override]
-        x, weight, bias, layer, geometry = inputs
-        ctx.geometry = geometry
-        ctx.input_shape = tuple(x.shape)
-        ctx.packed = layer._store(x) if ctx.needs_input_grad[1] else None
-        ctx.save_for_backward(weight)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):  # type: ignore[override]
-        (weight,) = ctx.saved_tensors
-        packed, ctx.packed = ctx.packed, None  # free the factors as soon as they are used
-        stride, pads, dilation, groups = ctx.geometry
-        grad_input = grad_weight = grad_bias = None
-        with torch.autocast(grad_output.device.type, enabled=False):
-            if ctx.needs_input_grad[0]:
-                grad_input = _conv2d_input_grad(ctx.input_shape, weight, grad_output, stride, pads, dilation, groups)
-            if ctx.needs_input_grad[1]:
-                if packed.result is None:
-                    grad_weight = conv2d_weight_dense(
-                        packed.tensor.to(grad_output.dtype),
-                        grad_output,
-                        ConvGeometry(tuple(weight.shape), stride, pads, dilation, groups),
-                    )
-                else:
-                    grad_weight = conv2d_weight_from_factors(
-                        packed.result, weight.shape, grad_output, stride, pads, dilation, groups
-                    )
-                grad_weight = grad_weight.to(weight.dtype)
-            if ctx.needs_input_grad[2]:
-                grad_bias = grad_output.sum((0, 2, 3))
-        return grad_input, grad_weight, grad_bias, None, None
-
-
-def _conv2d_input_grad(
-    input_shape: tuple[int, ...],
-    weight: torch.Tensor,
-    grad_output: torch.Tensor,
-    stride: tuple[int, int],
-    pads: tuple[int, int, int, int],
-    dilation: tuple[int, int],
-    groups: int,
-) -> torch.Tensor:
-    top, bottom, left, right = pads
-    if top == bottom and left == right:
-        return torch.nn.grad.conv2d_input(input_shape, weight, grad_output, stride, (top, left), dilation, groups)
-    batch, channels, height, width = input_shape
-    padded = (batch, channels, height + top + bottom, width + left + right)
-    grad = torch.nn.grad.conv2d_input(padded, weight, grad_output, stride, 0, dilation, groups)
-    return grad[:, :, top : top + height, left : left + width]
 
 
 class CompressedConv2d(_CompressedLayer, nn.Conv2d):
@@ -254,61 +201,10 @@ class CompressedConv2d(_CompressedLayer, nn.Conv2d):
         self._init_standalone(compressor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._compresses(x):
-            return super().forward(x)
-        unbatched = x.dim() == 3
-        if unbatched:
-            x = x.unsqueeze(0)
-        if self.padding_mode != "zeros":
-            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            pads = (0, 0, 0, 0)
-        else:
-            pads = conv2d_padding(self.padding, self.kernel_size, self.dilation)
-        weight, bias = self.weight, self.bias
-        dtype = _autocast_dtype(x.device.type)
-        if dtype is not None:
-            x, weight, bias = _cast((x, weight, bias), dtype)
-        geometry = (tuple(self.stride), pads, tuple(self.dilation), self.groups)
-        with torch.autocast(x.device.type, enabled=False):
-            out = _Conv2dFunction.apply(x, weight, bias, self, geometry)
-        return out.squeeze(0) if unbatched else out
+        return self._forward_compressed(x)
 
 
 # -- linear --------------------------------------------------------------------
-class _LinearFunction(torch.autograd.Function):
-    """``linear`` whose backward reads the weight gradient from a stored decomposition of ``x``."""
-
-    @staticmethod
-    def forward(x, weight, bias, layer, matrix_view):  # type: ignore[override]
-        return F.linear(x, weight, bias)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):  # type: ignore[override]
-        x, weight, bias, layer, matrix_view = inputs
-        ctx.packed = layer._store(x, matrix_view=matrix_view) if ctx.needs_input_grad[1] else None
-        ctx.save_for_backward(weight)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):  # type: ignore[override]
-        (weight,) = ctx.saved_tensors
-        packed, ctx.packed = ctx.packed, None
-        grad_input = grad_weight = grad_bias = None
-        with torch.autocast(grad_output.device.type, enabled=False):
-            if ctx.needs_input_grad[0]:
-                grad_input = grad_output @ weight
-            if ctx.needs_input_grad[1]:
-                if packed.result is None:
-                    x = packed.tensor.to(grad_output.dtype)
-                    grad_weight = grad_output.reshape(-1, weight.shape[0]).t() @ x.reshape(-1, weight.shape[1])
-                else:
-                    grad_weight = linear_weight_from_factors(packed.result, weight.shape, grad_output)
-                grad_weight = grad_weight.to(weight.dtype)
-            if ctx.needs_input_grad[2]:
-                grad_bias = grad_output.reshape(-1, weight.shape[0]).sum(0)
-        return grad_input, grad_weight, grad_bias, None, None
-
-
 class CompressedLinear(_CompressedLayer, nn.Linear):
     """:class:`torch.nn.Linear` that stores a decomposition of its input for backward.
 
@@ -358,15 +254,7 @@ class CompressedLinear(_CompressedLayer, nn.Linear):
         return x.dim() >= 2 and super()._compresses(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._compresses(x):
-            return super().forward(x)
-        weight, bias = self.weight, self.bias
-        dtype = _autocast_dtype(x.device.type)
-        if dtype is not None:
-            x, weight, bias = _cast((x, weight, bias), dtype)
-        matrix_view = self.compressor.method == "svd"
-        with torch.autocast(x.device.type, enabled=False):
-            return _LinearFunction.apply(x, weight, bias, self, matrix_view)
+        return self._forward_compressed(x)
 
 
 # -- model conversion ----------------------------------------------------------
@@ -390,8 +278,12 @@ def convert(
     model: nn.Module,
     method: str = "hosvd",
     eps: float = 0.9,
+    *,
     last: int | None = None,
     layers: Iterable[str] | None = None,
+    min_numel: int = DEFAULT_MIN_NUMEL,
+    norm_inputs: str = "exact",
+    masks: bool = True,
     **method_kwargs: Any,
 ) -> nn.Module:
     """Swap a model's ``nn.Conv2d``/``nn.Linear`` layers for compressed ones, in place.
@@ -399,10 +291,11 @@ def convert(
     Each selected layer becomes a :class:`CompressedConv2d` or
     :class:`CompressedLinear` holding the same Parameter objects (optimizers
     built before the call keep working), buffers, hooks and ``state_dict``
-    keys. All swapped layers share one :class:`Compressor` (warm starts are
-    kept per layer name) and one :class:`ActivationMemory`, read with
+    keys. All swapped layers share one compressor (warm starts are kept per
+    layer name and input shape) and one :class:`ActivationMemory`, read with
     :func:`memory_stats`; each training-mode forward of ``model`` with
-    gradients enabled starts a new step of that record.
+    gradients enabled is one step of that record, run under the policy of
+    :mod:`tensorcomp.adapters.policy` (what every op keeps for backward).
 
     Only layers of exactly type ``nn.Conv2d`` or ``nn.Linear`` are
     candidates (subclasses may have their own forward). Layer order is the
@@ -423,6 +316,12 @@ def convert(
         layers" setting; the first layers' gradients are then exact).
     layers : sequence of str, optional
         Names (as in ``model.named_modules()``) of the layers to convert.
+    min_numel, norm_inputs, masks
+        As for :func:`~tensorcomp.adapters.compress_activations`: each
+        training-mode forward of ``model`` with gradients enabled runs under
+        the same policy, so ReLU-like ops keep bit masks, evaluation-mode
+        BatchNorms keep a decomposition (or nothing), and the held bytes are
+        those the hook style reaches on the same layers.
     **method_kwargs
         Passed to the compressor and the method, e.g. ``refresh_every`` for
         ``"subspace"`` or ``rank`` for ``"cp"``.
@@ -438,7 +337,10 @@ def convert(
         Unknown ``method`` (listing the available ones), ``eps`` outside (0, 1],
         ``last`` outside ``[1, number of candidate layers]``, unknown or
         non-candidate names in ``layers``, both ``last`` and ``layers`` given,
-        or a model without candidate layers. Nothing is swapped then.
+        a negative ``min_numel``, an unknown ``norm_inputs``, or a model
+        without candidate layers. Nothing is swapped then.
+    TypeError
+        ``masks`` is not a bool.
 
     Examples
     --------
@@ -454,6 +356,11 @@ def convert(
     ['2', '4']
     """
     compressor = Compressor(method, eps, **method_kwargs)
+    if isinstance(min_numel, bool) or not isinstance(min_numel, numbers.Integral) or min_numel < 0:
+        raise ValueError(f"min_numel must be a non-negative integer; got min_numel={min_numel!r}")
+    if not isinstance(masks, bool):
+        raise TypeError(f"masks must be True or False; got masks={masks!r}")
+    options = {"min_numel": int(min_numel), "norm_inputs": check_norm_inputs(norm_inputs), "masks": masks}
     if isinstance(model, _CompressedLayer) or type(model) in _COMPRESSED:
         raise ValueError(
             f"model must contain the layers to convert, not be one; wrap it, e.g. nn.Sequential(model); got {type(model).__name__}"
@@ -479,13 +386,16 @@ def convert(
     else:
         selected = list(candidates)
 
-    hook = _step_hook_of(model)
-    if hook is None:
-        hook = _StartStep(ActivationMemory())
-        model.register_forward_pre_hook(hook)
+    hooks = _session_hooks_of(model)
+    if hooks is None:
+        hooks = _SessionHooks(ActivationMemory(), compressor, options)
+        model.register_forward_pre_hook(hooks.before)
+        model.register_forward_hook(hooks.after, always_call=True)
+    else:
+        hooks.options = options
     for name in selected:
         layer = candidates[name]
-        _set_submodule(model, name, _COMPRESSED[type(layer)]._from_layer(layer, compressor, hook.memory, name))
+        _set_submodule(model, name, _COMPRESSED[type(layer)]._from_layer(layer, compressor, hooks.memory, name))
     return model
 
 
@@ -515,12 +425,12 @@ def memory_stats(model: nn.Module) -> ActivationMemory:
     >>> import torch
     >>> from torch import nn
     >>> from tensorcomp.adapters import convert, memory_stats
-    >>> model = convert(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)), "svd", eps=0.9)
+    >>> model = convert(nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2)), "svd", eps=0.9)
     >>> for _ in range(3):
-    ...     model(torch.randn(16, 8)).sum().backward()
+    ...     model(torch.randn(32, 64)).sum().backward()
     >>> stats = memory_stats(model)
-    >>> stats.num_steps, stats.peak_bytes <= stats.original_bytes
-    (3, True)
+    >>> stats.num_steps, stats.peak_bytes <= stats.original_bytes, stats.held_bytes < stats.held_original_bytes
+    (3, True, True)
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module; got {type(model).__name__}")

@@ -32,16 +32,33 @@ class LayerRecord:
 
 
 class ActivationMemory:
-    """Per-layer, per-step record of the bytes kept for backward.
+    """Per-step record of the bytes kept for backward: all of them, and the layers' own.
 
     One instance can be passed to several ``compress_activations`` contexts
     (``stats=``) to accumulate over training steps; each context, and each
     training-mode forward of a ``convert``-ed model, is one step.
 
+    Two accountings are kept side by side:
+
+    - **held bytes** (``held_*``): every tensor autograd keeps for backward
+      during the step, each storage once, raw or compact (decompositions,
+      bit masks, narrow indices), excluding parameters and buffers. This is
+      what the allocator sees between the end of forward and the start of
+      backward, and what a user measures with
+      ``torch.cuda.max_memory_allocated``. See :doc:`/guide/memory` for the rules.
+    - **the layers' own bytes** (``peak_bytes``, ``mean_bytes``,
+      ``original_bytes``, ``compression_ratio``, ``per_layer``): the inputs of
+      the compressed conv and linear layers only, as stored and as they would
+      be uncompressed; the accounting of the paper this toolkit compares with.
+
     Attributes
     ----------
     steps : list of dict
-        For each step, ``{layer name: LayerRecord}``.
+        For each step, ``{layer name: LayerRecord}`` (the layers' own bytes).
+    held_steps : list of HeldStep
+        For each step, the held bytes at the step's peak, their uncompressed
+        size and the breakdown by what holds them (``layer_inputs``,
+        ``masks``, ``norm_inputs``, ``other``).
     cuda_max_allocated : list of int
         ``torch.cuda.max_memory_allocated`` over each step, on CUDA (bytes).
     skipped : int
@@ -59,21 +76,21 @@ class ActivationMemory:
 
     def __init__(self) -> None:
         self.steps: list[dict[str, LayerRecord]] = []
+        self.held_steps: list[Any] = []
         self.cuda_max_allocated: list[int] = []
         self.skipped = 0
-        self._open = False
 
     # -- recording ---------------------------------------------------------
     def start_step(self) -> None:
         """Begin a new training step (closing an open one)."""
         self.steps.append({})
-        self._open = True
 
-    def end_step(self, cuda_max_allocated: int | None = None) -> None:
-        """Close the current step, optionally with the CUDA peak allocation seen during it (bytes)."""
+    def end_step(self, cuda_max_allocated: int | None = None, *, held: Any = None) -> None:
+        """Close the current step, with the CUDA peak allocation seen during it (bytes) and its held figures."""
         if cuda_max_allocated is not None:
             self.cuda_max_allocated.append(int(cuda_max_allocated))
-        self._open = False
+        if held is not None:
+            self.held_steps.append(held)
 
     def record(self, layer: str, *, original_bytes: int, stored_bytes: int, rank: Any = None) -> None:
         """Add one stored tensor to ``layer``'s record of the current step."""
@@ -89,7 +106,61 @@ class ActivationMemory:
         """Forget every recorded step."""
         self.__init__()
 
-    # -- summaries ---------------------------------------------------------
+    # -- held bytes: every saved tensor ---------------------------------------
+    @property
+    def held_bytes(self) -> int:
+        """Peak over steps of the bytes a step holds for backward (all saved tensors, each storage once); 0 before any step."""
+        return max((h.held_bytes for h in self.held_steps), default=0)
+
+    @property
+    def held_mean_bytes(self) -> float:
+        """Mean over steps of the bytes a step holds for backward."""
+        values = self._held_values()
+        return sum(values) / len(values) if values else 0.0
+
+    @property
+    def held_std_bytes(self) -> float:
+        """Population standard deviation over steps of the bytes a step holds."""
+        values = self._held_values()
+        if not values:
+            return 0.0
+        mean = sum(values) / len(values)
+        return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+    def _held_values(self) -> list[int]:
+        # Steps that held nothing (no gradients were needed) are not steps, as in num_steps.
+        return [h.held_bytes for h in self.held_steps if h.original_bytes]
+
+    @property
+    def held_original_bytes(self) -> int:
+        """Peak over steps of the same saved tensors' bytes uncompressed (what vanilla autograd keeps)."""
+        return max((h.original_bytes for h in self.held_steps), default=0)
+
+    @property
+    def held_ratio(self) -> float:
+        """``held_original_bytes / held_bytes`` (1.0 before any step)."""
+        held = self.held_bytes
+        return self.held_original_bytes / held if held else 1.0
+
+    @property
+    def held_breakdown(self) -> dict[str, dict[str, int]]:
+        """At the step with the largest held bytes: ``{category: {"held_bytes", "original_bytes"}}``.
+
+        Categories: ``layer_inputs`` (conv and linear inputs), ``masks``
+        (activation masks, dropout masks, pooling indices), ``norm_inputs``
+        (normalisation inputs and statistics), ``other``.
+        """
+        if not self.held_steps:
+            return {}
+        step = max(self.held_steps, key=lambda h: h.held_bytes)
+        return {c: dict(v) for c, v in step.by_category.items()}
+
+    @property
+    def cuda_step_peak_bytes(self) -> list[int]:
+        """Per step on CUDA: ``max_memory_allocated`` during the step minus ``memory_allocated`` at its start."""
+        return [h.cuda_peak_bytes for h in self.held_steps if h.cuda_peak_bytes is not None]
+
+    # -- the layers' own bytes (the paper's accounting) --------------------------
     def _totals(self, attr: str) -> list[int]:
         return [sum(getattr(r, attr) for r in step.values()) for step in self.steps if step]
 
@@ -100,7 +171,7 @@ class ActivationMemory:
 
     @property
     def peak_bytes(self) -> int:
-        """Largest total stored bytes of a step (the paper's "Peak Mem"); 0 before any step."""
+        """Largest total bytes the compressed layers' inputs take in a step (the layers' own, the paper's "Peak Mem"); 0 before any step."""
         return max(self._totals("stored_bytes"), default=0)
 
     @property
@@ -149,6 +220,7 @@ class ActivationMemory:
 
     def __repr__(self) -> str:
         return (
-            f"ActivationMemory(steps={self.num_steps}, peak_bytes={self.peak_bytes}, "
+            f"ActivationMemory(steps={self.num_steps}, held_bytes={self.held_bytes}, "
+            f"held_original_bytes={self.held_original_bytes}, peak_bytes={self.peak_bytes}, "
             f"mean_bytes={self.mean_bytes:.0f}, std_bytes={self.std_bytes:.0f}, original_bytes={self.original_bytes})"
         )

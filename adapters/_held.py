@@ -1,0 +1,270 @@
+"""What a training step holds for backward: every saved tensor, each storage once.
+
+NOTE [ Held memory ]
+
+The ledger of one step sees every tensor kept for backward inside an active
+:func:`~tensorcomp.adapters.compress_activations` (or a :func:`convert`-ed
+model's forward): the raw tensors autograd saves, through the saved-tensor
+pack hook, and the compact forms the policy's own autograd functions keep
+(decompositions, bit masks, narrow indices), registered by those functions.
+
+Rule 1. Identity. A *source* is one storage at one version: the storage's
+        address, the version counter of the tensor that reaches the ledger,
+        and a weak reference to the tensor that owns the storage (the view's
+        ``_base``, or the tensor itself). The weak reference tells a live
+        storage from freed memory that another tensor reuses at the same
+        address: when the owner is gone, the address starts a new source.
+        An in-place change bumps the version, so the changed tensor is a new
+        source and nothing cached for the old contents is ever reused for it.
+Rule 2. Bytes. A source held raw by at least one saver costs its storage's
+        bytes, once, however many savers keep it. A source held only in
+        compact forms costs the sum of those forms. The original bytes of a
+        source (what vanilla autograd would keep) are its storage's bytes,
+        once.
+Rule 3. Raw wins. When a saver keeps a source raw, the compact forms of the
+        same source that can use the raw tensor instead (a layer input's
+        decomposition) drop their arrays and read the raw tensor: they were
+        redundant, and the gradient they give becomes exact. A layer input
+        asked for after the source is held raw is not decomposed at all.
+        The raw tensor read this way is checked against its version at
+        backward, as autograd checks its own saved tensors.
+Rule 4. Lifetime. Each holding is released when the object that holds it
+        (the pack hook's record, the compact form) is freed: when backward
+        has used it, or when the graph is dropped. The step's figure is the
+        peak of the live total during the step.
+Rule 5. Not counted: parameters and buffers (they exist before the step and
+        after it), leaves one asks gradients for (the network input), and
+        views of either. Everything else saved is counted, including casts of
+        parameters made in the step (autocast's copies).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+__all__ = ["CATEGORIES", "HeldLedger", "HeldStep"]  # HeldStep is public, through tensorcomp.adapters
+
+CATEGORIES = ("layer_inputs", "masks", "norm_inputs", "other")
+"""What holds the bytes: the inputs of conv/linear layers (decomposed or raw),
+activation masks and pooling indices, normalisation inputs, anything else."""
+
+
+def storage_nbytes(t: torch.Tensor) -> int:
+    try:
+        return int(t.untyped_storage().nbytes())
+    except RuntimeError:  # tensors without storage
+        return t.numel() * t.element_size()
+
+
+def storage_ptr(t: torch.Tensor) -> int | None:
+    try:
+        return t.untyped_storage().data_ptr()
+    except RuntimeError:
+        return None
+
+
+def _owner(t: torch.Tensor) -> torch.Tensor:
+    return t._base if t._base is not None else t
+
+
+class _Source:
+    """One storage at one version (Rule 1), and who holds it."""
+
+    __slots__ = ("owner", "original", "raw", "raw_category", "raw_tensor", "compact", "adopters", "cache")
+
+    def __init__(self, owner: torch.Tensor, original: int) -> None:
+        self.owner = weakref.ref(owner)
+        self.original = original
+        self.raw = 0
+        self.raw_category = "other"
+        self.raw_tensor: weakref.ref | None = None
+        self.compact: dict[int, tuple[int, str]] = {}
+        # Compact forms that can switch to the raw tensor (Rule 3): id -> callback(raw tensor).
+        self.adopters: dict[int, Callable[[torch.Tensor], None]] = {}
+        # Compact forms reusable by later savers of the same view: key -> weakref.
+        self.cache: dict[Any, weakref.ref] = {}
+
+    def held(self) -> dict[str, int]:
+        if self.raw:
+            return {self.raw_category: self.original}
+        out: dict[str, int] = {}
+        for nbytes, category in self.compact.values():
+            out[category] = out.get(category, 0) + nbytes
+        return out
+
+    def alive(self) -> bool:
+        return bool(self.raw or self.compact)
+
+
+class _RawHold:
+    """What the pack hook returns for a counted tensor; releases its holding when freed (Rule 4)."""
+
+    __slots__ = ("tensor", "_release")
+
+    def __init__(self, tensor: torch.Tensor, release: Callable[[], None]) -> None:
+        self.tensor = tensor
+        self._release = release
+
+    def __del__(self) -> None:
+        self._release()
+
+
+class HeldStep:
+    """The figures of one step: peak held bytes, their originals, by category.
+
+    Attributes
+    ----------
+    held_bytes : int
+        Peak over the step of the bytes held for backward.
+    original_bytes : int
+        The same tensors' bytes uncompressed, at that peak.
+    by_category : dict
+        ``{category: {"held_bytes": int, "original_bytes": int}}`` at the peak.
+    cuda_peak_bytes : int or None
+        On CUDA, ``torch.cuda.max_memory_allocated()`` over the step minus
+        ``torch.cuda.memory_allocated()`` at its start.
+    """
+
+    __slots__ = ("held_bytes", "original_bytes", "by_category", "cuda_peak_bytes")
+
+    def __init__(self, held_bytes: int, original_bytes: int, by_category: dict[str, dict[str, int]], cuda_peak_bytes: int | None = None) -> None:
+        self.held_bytes = held_bytes
+        self.original_bytes = original_bytes
+        self.by_category = by_category
+        self.cuda_peak_bytes = cuda_peak_bytes
+
+    def __repr__(self) -> str:
+        return f"HeldStep(held_bytes={self.held_bytes}, original_bytes={self.original_bytes})"
+
+
+class HeldLedger:
+    """Live accounting of one step's held memory (see NOTE [ Held memory ])."""
+
+    def __init__(self) -> None:
+        self._sources: dict[tuple[int, int], _Source] = {}
+        self._held = dict.fromkeys(CATEGORIES, 0)
+        self._original = dict.fromkeys(CATEGORIES, 0)
+        self._total = 0
+        self._peak_total = 0
+        self._peak_held = dict(self._held)
+        self._peak_original = dict(self._original)
+
+    # -- identity (Rule 1) ---------------------------------------------------
+    def source(self, t: torch.Tensor) -> _Source:
+        """The source of ``t``'s storage at its current version, made if new."""
+        owner = _owner(t)
+        key = (storage_ptr(t) or id(owner), t._version)
+        src = self._sources.get(key)
+        if src is not None and src.owner() is owner:
+            return src
+        if src is not None and src.alive():
+            # Memory reused while the earlier source is still held in compact form only:
+            # the earlier one lives on under a private key.
+            self._sources[(id(src), -1)] = src
+        src = _Source(owner, storage_nbytes(t))
+        self._sources[key] = src
+        return src
+
+    # -- bookkeeping (Rules 2 and 4) -----------------------------------------
+    def _change(self, src: _Source, update: Callable[[], None]) -> None:
+        before = src.held()
+        was_alive = src.alive()
+        first_category = src.raw_category if src.raw else next(iter(src.compact.values()), (0, None))[1]
+        update()
+        after = src.held()
+        for category, nbytes in before.items():
+            self._held[category] -= nbytes
+            self._total -= nbytes
+        for category, nbytes in after.items():
+            self._held[category] += nbytes
+            self._total += nbytes
+        # The original bytes count once per source, in the category of its first holder.
+        if was_alive and first_category is not None:
+            self._original[first_category] -= src.original
+        if src.alive():
+            category = src.raw_category if src.raw else next(iter(src.compact.values()))[1]
+            self._original[category] += src.original
+        else:
+            self._forget(src)
+        if self._total > self._peak_total:
+            self._peak_total = self._total
+            self._peak_held = dict(self._held)
+            self._peak_original = dict(self._original)
+
+    def _forget(self, src: _Source) -> None:
+        for key, value in list(self._sources.items()):
+            if value is src:
+                del self._sources[key]
+
+    def hold_raw(self, t: torch.Tensor, category: str) -> _RawHold:
+        """Count ``t`` as kept raw; the returned record releases it when freed (Rules 2-4)."""
+        src = self.source(t)
+
+        def add() -> None:
+            if not src.raw:
+                src.raw_category = category
+            src.raw += 1
+            if src.raw_tensor is None:
+                src.raw_tensor = weakref.ref(t)
+
+        self._change(src, add)
+        if src.adopters:
+            adopters, src.adopters = src.adopters, {}
+            for adopt in adopters.values():
+                adopt(t)
+
+        def release() -> None:
+            self._change(src, lambda: setattr(src, "raw", src.raw - 1))
+
+        return _RawHold(t, release)
+
+    def hold_compact(self, holder: Any, nbytes: int, category: str, source: torch.Tensor, adopt: Callable[[torch.Tensor], None] | None = None) -> _Source:
+        """Count ``nbytes`` held by ``holder`` (a compact form of ``source``) until ``holder`` is freed.
+
+        ``adopt``, if given, is called with the raw tensor when a saver later
+        keeps the source raw (Rule 3); the compact bytes are released then.
+        """
+        src = self.source(source)
+        ident = id(holder)
+
+        def add() -> None:
+            src.compact[ident] = (int(nbytes), category)
+            if adopt is not None:
+                src.adopters[ident] = adopt
+
+        self._change(src, add)
+
+        def release() -> None:
+            if ident in src.compact:
+                self._change(src, lambda: (src.compact.pop(ident, None), src.adopters.pop(ident, None)))
+
+        weakref.finalize(holder, release)
+        return src
+
+    def release_compact(self, src: _Source, holder: Any) -> None:
+        """Drop ``holder``'s compact bytes now (it switched to the raw tensor)."""
+        ident = id(holder)
+        if ident in src.compact:
+            self._change(src, lambda: (src.compact.pop(ident, None), src.adopters.pop(ident, None)))
+
+    @staticmethod
+    def raw_tensor(src: _Source) -> torch.Tensor | None:
+        """A raw saved tensor of the source, if a saver keeps one (Rule 3)."""
+        if not src.raw or src.raw_tensor is None:
+            return None
+        return src.raw_tensor()
+
+    # -- figures ---------------------------------------------------------------
+    @property
+    def current_bytes(self) -> int:
+        return self._total
+
+    def summary(self, cuda_peak_bytes: int | None = None) -> HeldStep:
+        by_category = {
+            c: {"held_bytes": self._peak_held[c], "original_bytes": self._peak_original[c]} for c in CATEGORIES
+        }
+        return HeldStep(self._peak_total, sum(self._peak_original.values()), by_category, cuda_peak_bytes)

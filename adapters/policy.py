@@ -1,0 +1,945 @@
+"""What each op keeps for backward, decided in one place.
+
+Inside an active :func:`~tensorcomp.adapters.compress_activations` (or the
+forward of a :func:`~tensorcomp.adapters.convert`-ed model) a
+:class:`torch.overrides.TorchFunctionMode` sees every torch call with its
+arguments, so it knows which op is saving which argument: only the *data
+input* of a conv or linear call is ever decomposed, never a weight, a cast
+copy of one, or an intermediate of a composite module. Each op of the table
+below runs as an autograd function that keeps the form named here:
+
+================================  ===========================================  ==============
+op                                kept for backward                            gradients
+================================  ===========================================  ==============
+conv1d/2d/3d, linear (selected)   the method's decomposition of the input;    input exact,
+                                  nothing when the weight is frozen            weight approx.
+conv, linear (frozen weight)      nothing (the input gradient needs the        exact
+                                  weight only)
+relu, relu_, F.relu, Tensor.relu  1-bit sign of the output                     exact
+hardtanh, relu6, clamp, clip      1-bit "inside the range" of the input        exact
+leaky_relu                        1-bit sign of the input                      exact
+threshold                         1-bit "above the threshold" of the input     exact
+dropout (training)                1-bit keep mask                              exact
+max_pool2d                        argmax indices in the narrowest integer      exact
+                                  type holding ``H * W``
+batch_norm, evaluation mode       the method's decomposition of the input      input exact,
+                                  when the weight is trained, else nothing     weight approx.
+batch_norm, layer_norm,           the input, raw (default); with               exact (default)
+group_norm, training mode         ``norm_inputs="compress"`` the method's
+                                  decomposition, rebuilt in backward           approx. below
+anything else                     what vanilla autograd keeps, counted         exact
+================================  ===========================================  ==============
+
+Every tensor kept, raw or compact, is counted once per storage in the step's
+ledger (:mod:`tensorcomp.adapters._held`, NOTE [ Held memory ]).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+from torch.overrides import TorchFunctionMode
+
+from ._compress import Compressor, Packed
+from ._held import HeldLedger, storage_ptr
+from .grad_weight import ConvGeometry, conv2d_padding, conv2d_weight_dense, conv2d_weight_from_factors, linear_weight_from_factors
+from .masks import BitMask, narrow_index_dtype
+from .memory import ActivationMemory
+
+__all__ = ["NORM_INPUTS", "Session", "active_session", "unpack_saved"]
+
+NORM_INPUTS = ("exact", "compress")
+
+_local = threading.local()
+
+
+def active_session() -> Session | None:
+    """The innermost running session on this thread, if any."""
+    stack = getattr(_local, "stack", None)
+    return stack[-1] if stack else None
+
+
+def _no_torch_function() -> Any:
+    # Inside the policy's own functions the mode must not see the ops again.
+    return torch._C.DisableTorchFunction()
+
+
+def _keep(obj: Any) -> torch.Tensor:
+    """An empty tensor carrying ``obj``, for ``ctx.save_for_backward``.
+
+    Saved this way, a compact form has the lifetime autograd gives its own
+    saved tensors: freed once backward has used it (unless
+    ``retain_graph=True``), kept for a second backward otherwise, and a clear
+    autograd error on a backward through freed buffers. An attribute of
+    ``ctx`` would instead live as long as the graph.
+    """
+    token = torch.empty(0)
+    token.kept = obj
+    return token
+
+
+# -- layers: conv and linear ---------------------------------------------------------------------
+
+
+class _Conv2dFunction(torch.autograd.Function):
+    """``conv2d`` keeping the decomposition of its input; weight gradient from the factors."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, geometry, compute_dtype, store):  # type: ignore[override]
+        stride, pads, dilation, groups = geometry
+        with _no_torch_function():
+            xc, wc, bc = _cast(x, weight, bias, compute_dtype)
+            top, bottom, left, right = pads
+            if top == bottom and left == right:
+                out = F.conv2d(xc, wc, bc, stride, (top, left), dilation, groups)
+            else:
+                out = F.conv2d(F.pad(xc, (left, right, top, bottom)), wc, bc, stride, 0, dilation, groups)
+            packed = store(xc) if ctx.needs_input_grad[1] else None
+        ctx.geometry = geometry
+        ctx.input_shape = tuple(x.shape)
+        ctx.input_dtype = x.dtype
+        ctx.save_for_backward(weight, _keep(packed))
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):  # type: ignore[override]
+        weight, kept = ctx.saved_tensors
+        packed = kept.kept
+        stride, pads, dilation, groups = ctx.geometry
+        grad_input = grad_weight = grad_bias = None
+        with torch.autocast(grad_output.device.type, enabled=False), _no_torch_function():
+            w = weight.to(grad_output.dtype)
+            if ctx.needs_input_grad[0] or ctx.needs_input_grad[2]:
+                # The kernel autograd itself runs, so that these gradients are vanilla's bit for bit.
+                grad_input, grad_bias = _conv2d_input_and_bias_grad(
+                    ctx.input_shape, w, grad_output, stride, pads, dilation, groups, ctx.needs_input_grad[0], ctx.needs_input_grad[2]
+                )
+                if grad_input is not None:
+                    grad_input = grad_input.to(ctx.input_dtype)
+                if grad_bias is not None:
+                    grad_bias = grad_bias.to(weight.dtype)
+            if ctx.needs_input_grad[1]:
+                geometry = ConvGeometry(tuple(weight.shape), stride, pads, dilation, groups)
+                if packed.result is None:
+                    grad_weight = conv2d_weight_dense(packed.unpack().to(grad_output.dtype), grad_output, geometry)
+                else:
+                    grad_weight = conv2d_weight_from_factors(packed.result, weight.shape, grad_output, stride, pads, dilation, groups)
+                grad_weight = grad_weight.to(weight.dtype)
+        return grad_input, grad_weight, grad_bias, None, None, None
+
+
+def _conv2d_input_and_bias_grad(input_shape, weight, grad_output, stride, pads, dilation, groups, need_input, need_bias):
+    top, bottom, left, right = pads
+    batch, channels, height, width = input_shape
+    padded = (batch, channels, height + top + bottom, width + left + right)
+    symmetric = top == bottom and left == right
+    like = grad_output.new_empty(input_shape if symmetric else padded)
+    grad_input, _, grad_bias = torch.ops.aten.convolution_backward(
+        grad_output, like, weight, [weight.shape[0]], list(stride), [top, left] if symmetric else [0, 0],
+        list(dilation), False, [0, 0], groups, [need_input, False, need_bias],
+    )
+    if grad_input is not None and not symmetric:
+        grad_input = grad_input[:, :, top : top + height, left : left + width]
+    return grad_input, grad_bias
+
+
+class _ConvNdFunction(torch.autograd.Function):
+    """conv1d/conv3d keeping the decomposition of their input; the weight gradient rebuilds it."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, conv, params, compute_dtype, store):  # type: ignore[override]
+        stride, padding, dilation, groups = params
+        with _no_torch_function():
+            xc, wc, bc = _cast(x, weight, bias, compute_dtype)
+            out = conv(xc, wc, bc, stride, padding, dilation, groups)
+            packed = store(xc) if ctx.needs_input_grad[1] else None
+        ctx.params = params
+        ctx.input_shape = tuple(x.shape)
+        ctx.input_dtype = x.dtype
+        ctx.save_for_backward(weight, _keep(packed))
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):  # type: ignore[override]
+        weight, kept = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.params
+        n = weight.dim() - 2
+        rep = lambda v: [int(a) for a in (v if isinstance(v, (tuple, list)) else (v,) * n)]  # noqa: E731
+        with torch.autocast(grad_output.device.type, enabled=False), _no_torch_function():
+            w = weight.to(grad_output.dtype)
+            if ctx.needs_input_grad[1]:
+                x = kept.kept.unpack().to(grad_output.dtype)
+            else:
+                x = grad_output.new_empty(ctx.input_shape)
+            mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
+            gi, gw, gb = torch.ops.aten.convolution_backward(
+                grad_output, x, w, [weight.shape[0]], rep(stride), rep(padding), rep(dilation), False, [0] * n, groups, mask
+            )
+        gi = gi.to(ctx.input_dtype) if gi is not None else None
+        gw = gw.to(weight.dtype) if gw is not None else None
+        gb = gb.to(weight.dtype) if gb is not None else None
+        return gi, gw, gb, None, None, None, None
+
+
+class _LinearFunction(torch.autograd.Function):
+    """``linear`` keeping the decomposition of its input; weight gradient from the factors."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, compute_dtype, store):  # type: ignore[override]
+        with _no_torch_function():
+            xc, wc, bc = _cast(x, weight, bias, compute_dtype)
+            out = F.linear(xc, wc, bc)
+            packed = store(xc) if ctx.needs_input_grad[1] else None
+        ctx.input_dtype = x.dtype
+        ctx.save_for_backward(weight, _keep(packed))
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):  # type: ignore[override]
+        weight, kept = ctx.saved_tensors
+        packed = kept.kept
+        grad_input = grad_weight = grad_bias = None
+        with torch.autocast(grad_output.device.type, enabled=False), _no_torch_function():
+            w = weight.to(grad_output.dtype)
+            if ctx.needs_input_grad[0]:
+                grad_input = (grad_output @ w).to(ctx.input_dtype)
+            if ctx.needs_input_grad[1]:
+                if packed.result is None:
+                    x = packed.unpack().to(grad_output.dtype)
+                    grad_weight = grad_output.reshape(-1, weight.shape[0]).t() @ x.reshape(-1, weight.shape[1])
+                else:
+                    grad_weight = linear_weight_from_factors(packed.result, weight.shape, grad_output)
+                grad_weight = grad_weight.to(weight.dtype)
+            if ctx.needs_input_grad[2]:
+                grad_bias = grad_output.reshape(-1, weight.shape[0]).sum(0).to(weight.dtype)
+        return grad_input, grad_weight, grad_bias, None, None
+
+
+def _cast(x, weight, bias, dtype):
+    if dtype is None:
+        return x, weight, bias
+    return tuple(t if t is None or not t.is_floating_point() else t.to(dtype) for t in (x, weight, bias))
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+# -- exact masks ---------------------------------------------------------------------------------
+
+
+class _MaskFunction(torch.autograd.Function):
+    """An elementwise op whose backward is ``where(mask, grad, slope * grad)`` with a 1-bit mask.
+
+    ``compute(x)`` returns ``(output, mask)``; with ``inplace`` the output is
+    written into ``x``. ``slope`` is 0 for ReLU, clamp and threshold, the
+    negative slope for LeakyReLU.
+    """
+
+    @staticmethod
+    def forward(ctx, x, compute, inplace, slope, session):  # type: ignore[override]
+        with _no_torch_function():
+            out, mask = compute(x)
+            if inplace:
+                x.copy_(out)
+                ctx.mark_dirty(x)
+                out = x
+        bits = BitMask(mask)
+        session.hold_compact(bits, bits.nbytes, "masks", out)
+        ctx.save_for_backward(_keep(bits))
+        ctx.slope = slope
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        with _no_torch_function():
+            mask = ctx.saved_tensors[0].kept.unpack()
+            other = grad * ctx.slope if ctx.slope else torch.zeros((), dtype=grad.dtype, device=grad.device)
+            return torch.where(mask, grad, other), None, None, None, None
+
+
+def _relu_compute(x):
+    out = torch.relu(x)
+    return out, ~(out <= 0)  # threshold_backward: zero where the output is <= 0 (NaN passes)
+
+
+def _leaky_compute(slope):
+    def compute(x):
+        return F.leaky_relu(x, slope), x > 0
+
+    return compute
+
+
+def _hardtanh_compute(lo, hi):
+    def compute(x):
+        return F.hardtanh(x, lo, hi), ~((x <= lo) | (x >= hi))
+
+    return compute
+
+
+def _clamp_boundary_passes() -> tuple[bool, bool]:
+    """Whether vanilla clamp's gradient passes at ``x == min`` and at ``x == max``.
+
+    PyTorch releases differ on the subgradient at the bounds; asking the
+    installed one keeps the mask identical to its own backward.
+    """
+    x = torch.tensor([0.0, 1.0], requires_grad=True)
+    with _no_torch_function():
+        (grad,) = torch.autograd.grad(torch.clamp(x, 0.0, 1.0).sum(), x)
+    return bool(grad[0] != 0), bool(grad[1] != 0)
+
+
+_CLAMP_PASSES: tuple[bool, bool] | None = None
+
+
+def _clamp_compute(lo, hi):
+    global _CLAMP_PASSES
+    if _CLAMP_PASSES is None:
+        _CLAMP_PASSES = _clamp_boundary_passes()
+    at_min, at_max = _CLAMP_PASSES
+
+    def compute(x):
+        out = torch.clamp(x, lo, hi)
+        mask = None
+        if lo is not None:
+            mask = x >= lo if at_min else x > lo
+        if hi is not None:
+            upper = x <= hi if at_max else x < hi
+            mask = upper if mask is None else mask & upper
+        return out, mask
+
+    return compute
+
+
+def _threshold_compute(threshold, value):
+    def compute(x):
+        return F.threshold(x, threshold, value), ~(x <= threshold)
+
+    return compute
+
+
+class _DropoutFunction(torch.autograd.Function):
+    """Dropout keeping its keep-mask as bits; backward is ``native_dropout_backward``."""
+
+    @staticmethod
+    def forward(ctx, x, p, inplace, session):  # type: ignore[override]
+        with _no_torch_function():
+            out, mask = torch.native_dropout(x, p, True)
+            if inplace:
+                x.copy_(out)
+                ctx.mark_dirty(x)
+                out = x
+        bits = BitMask(mask)
+        session.hold_compact(bits, bits.nbytes, "masks", out)
+        ctx.save_for_backward(_keep(bits))
+        ctx.scale = 1.0 / (1.0 - p)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        with _no_torch_function():
+            return torch.ops.aten.native_dropout_backward(grad, ctx.saved_tensors[0].kept.unpack(), ctx.scale), None, None, None
+
+
+class _MaxPool2dFunction(torch.autograd.Function):
+    """Max pooling keeping only the argmax indices, in the narrowest integer type."""
+
+    @staticmethod
+    def forward(ctx, x, kernel_size, stride, padding, dilation, ceil_mode, session):  # type: ignore[override]
+        with _no_torch_function():
+            out, indices = torch.ops.aten.max_pool2d_with_indices(x, kernel_size, stride, padding, dilation, ceil_mode)
+            indices = indices.to(narrow_index_dtype(x.shape[-1] * x.shape[-2]))
+        session.hold_compact(indices, indices.numel() * indices.element_size(), "masks", out)
+        ctx.save_for_backward(_keep(indices))
+        ctx.args = (kernel_size, stride, padding, dilation, ceil_mode)
+        ctx.input_layout = (x.shape, x.stride(), x.dtype, x.device)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        shape, stride, dtype, device = ctx.input_layout
+        with _no_torch_function():
+            # The kernel reads only the input's sizes and layout, not its values.
+            like = torch.empty_strided(shape, stride, dtype=grad.dtype, device=device)
+            grad_input = torch.ops.aten.max_pool2d_with_indices_backward(grad, like, *ctx.args, ctx.saved_tensors[0].kept.long())
+        return grad_input, None, None, None, None, None, None
+
+
+# -- normalisation -------------------------------------------------------------------------------
+
+
+class _BatchNormEvalFunction(torch.autograd.Function):
+    """Batch norm with running statistics; keeps the input's decomposition only for its weight gradient."""
+
+    @staticmethod
+    def forward(ctx, x, running_mean, running_var, weight, bias, eps, store):  # type: ignore[override]
+        with _no_torch_function():
+            out = F.batch_norm(x, running_mean, running_var, weight, bias, False, 0.0, eps)
+            packed = store(x) if weight is not None and ctx.needs_input_grad[3] else None
+        ctx.eps = eps
+        ctx.save_for_backward(running_mean, running_var, weight, _keep(packed))
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        running_mean, running_var, weight, kept = ctx.saved_tensors
+        shape = [1, -1] + [1] * (grad.dim() - 2)
+        dims = [d for d in range(grad.dim()) if d != 1]
+        grad_input = grad_weight = grad_bias = None
+        with _no_torch_function():
+            invstd = torch.rsqrt(running_var.to(grad.dtype) + ctx.eps)
+            if ctx.needs_input_grad[0]:
+                scale = invstd if weight is None else invstd * weight.to(grad.dtype)
+                grad_input = grad * scale.reshape(shape)
+            if ctx.needs_input_grad[3]:
+                x = kept.kept.unpack().to(grad.dtype)
+                xhat = (x - running_mean.to(grad.dtype).reshape(shape)) * invstd.reshape(shape)
+                grad_weight = (grad * xhat).sum(dims).to(weight.dtype)
+            if ctx.needs_input_grad[4]:
+                grad_bias = grad.sum(dims).to(weight.dtype if weight is not None else grad.dtype)
+        return grad_input, None, None, grad_weight, grad_bias, None, None
+
+
+class _NormRebuildFunction(torch.autograd.Function):
+    """A training-mode normalisation keeping its input's decomposition and statistics; backward rebuilds the input."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, forward_fn, backward_fn, store):  # type: ignore[override]
+        with _no_torch_function():
+            out, *stats = forward_fn(x, weight, bias)
+            packed = store(x)
+        ctx.backward_fn = backward_fn
+        ctx.save_for_backward(weight, bias, _keep(packed), *stats)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        weight, bias, kept, *stats = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]]
+        with _no_torch_function():
+            x = kept.kept.unpack().to(grad.dtype)
+            gi, gw, gb = ctx.backward_fn(grad.contiguous(), x, weight, bias, stats, mask)
+        return gi, gw, gb, None, None, None
+
+
+# -- the session and its mode --------------------------------------------------------------------
+
+
+def _bind(args: tuple, kwargs: dict, names: tuple[str, ...], defaults: dict[str, Any]) -> dict[str, Any]:
+    bound = dict(defaults)
+    bound.update(zip(names, args))
+    bound.update(kwargs)
+    return bound
+
+
+class _Frame:
+    __slots__ = ("name", "module", "selected", "compressor")
+
+    def __init__(self, name: str, module: nn.Module, selected: bool, compressor: Compressor | None) -> None:
+        self.name = name
+        self.module = module
+        self.selected = selected
+        self.compressor = compressor
+
+
+def unpack_saved(stored: Any) -> torch.Tensor:
+    """The unpack hook matching :meth:`Session.pack`."""
+    return stored if isinstance(stored, torch.Tensor) else stored.tensor
+
+
+class _Mode(TorchFunctionMode):
+    def __init__(self, session: Session) -> None:
+        super().__init__()
+        self.session = session
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        kwargs = kwargs or {}
+        handler = _HANDLERS.get(func)
+        if handler is None or not torch.is_grad_enabled():
+            return self.session.call(func, args, kwargs, "other")
+        return handler(self.session, func, args, kwargs)
+
+
+class Session:
+    """One policy for a run of forwards: which layers are decomposed, how, and the step's ledger.
+
+    Not public: :func:`~tensorcomp.adapters.compress_activations` and
+    :func:`~tensorcomp.adapters.convert` build one each. Between
+    :meth:`start` and :meth:`stop` the session's mode sees every torch call
+    on this thread, its pack hook every saved tensor, and its module hooks
+    which module of ``model`` is running.
+    """
+
+    def __init__(
+        self,
+        compressor: Compressor,
+        memory: ActivationMemory,
+        *,
+        model: nn.Module | None,
+        selects: Callable[[str, nn.Module], bool] | None,
+        min_numel: int,
+        norm_inputs: str,
+        masks: bool,
+        name: str | None = None,
+        root_hooks_outside: bool = False,
+        saved_tensor_hooks: bool = True,
+    ) -> None:
+        self.compressor = compressor
+        self.name = name
+        # Started and stopped by the model's own forward hooks: hooks on the
+        # root would be added and removed while torch runs the root's hooks.
+        self.root_hooks_outside = root_hooks_outside
+        # compress_activations is itself the saved-tensor hooks; other users get the session's own.
+        self._saved_hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, unpack_saved) if saved_tensor_hooks else None
+        self.memory = memory
+        self.model = model
+        self.selects = selects
+        self.min_numel = min_numel
+        self.norm_inputs = norm_inputs
+        self.masks = masks
+        self.ledger: HeldLedger | None = None
+        self._frames: list[_Frame] = []
+        self._handles: list[Any] = []
+        self._excluded: set[int] = set()
+        self._counts: dict[str, int] = {}
+        self._op_counts: dict[str, int] = {}
+        self._category = "other"
+        self._mode: _Mode | None = None
+        self._cuda_start: int | None = None
+
+    # -- lifetime ------------------------------------------------------------
+    def start(self) -> None:
+        self.ledger = HeldLedger()
+        self._counts = {}
+        self._op_counts = {}
+        self._frames = []
+        if self.model is not None:
+            self._excluded = {p for t in (*self.model.parameters(), *self.model.buffers()) if (p := storage_ptr(t))}
+            for name, module in self.model.named_modules():
+                if not name and self.root_hooks_outside:
+                    continue
+                selected = self.selects is not None and self.selects(name, module)
+                own = getattr(module, "compressor", None)
+                # A compressed layer's own compressor (or a stand-in with the same call).
+                compressor = own if callable(own) and hasattr(own, "method") else None
+                self._handles.append(module.register_forward_pre_hook(self._push(name, selected, compressor)))
+                self._handles.append(module.register_forward_hook(self._pop, always_call=True))
+        self._cuda_start = None
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.reset_peak_memory_stats()
+            self._cuda_start = torch.cuda.memory_allocated()
+        self.memory.start_step()
+        _local.stack = getattr(_local, "stack", [])
+        _local.stack.append(self)
+        self._mode = _Mode(self)
+        self._mode.__enter__()
+        if self._saved_hooks is not None:
+            self._saved_hooks.__enter__()
+
+    def stop(self) -> None:
+        try:
+            if self._saved_hooks is not None:
+                self._saved_hooks.__exit__(None, None, None)
+            if self._mode is not None:
+                self._mode.__exit__(None, None, None)
+        finally:
+            self._mode = None
+            stack = getattr(_local, "stack", [])
+            if self in stack:
+                stack.remove(self)
+            for handle in self._handles:
+                handle.remove()
+            self._handles.clear()
+            self._frames.clear()
+            self._excluded = set()
+            cuda_peak = None
+            peak_all = None
+            if self._cuda_start is not None:
+                peak_all = torch.cuda.max_memory_allocated()
+                cuda_peak = peak_all - self._cuda_start
+            assert self.ledger is not None
+            self.memory.end_step(peak_all, held=self.ledger.summary(cuda_peak))
+            self.ledger = None
+
+    # -- module frames ---------------------------------------------------------
+    def _push(self, name: str, selected: bool, compressor: Compressor | None) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any) -> None:
+            self._frames.append(_Frame(name, module, selected, compressor))
+
+        return hook
+
+    def _pop(self, module: nn.Module, args: Any, output: Any) -> None:
+        for i in range(len(self._frames) - 1, -1, -1):
+            if self._frames[i].module is module:
+                del self._frames[i]
+                return
+
+    def _layer(self, op: str) -> tuple[bool, str, Compressor]:
+        """Whether the running op belongs to a selected layer, its name, and the compressor to use.
+
+        With a model, the name is the innermost running module's, and the op
+        is selected when that module or one around it is. Without one, every
+        op is selected and named ``<op>_<i>`` in call order.
+        """
+        if self.name is not None:
+            return True, self.name, self.compressor
+        if self.model is None:
+            index = self._op_counts.get(op, 0)
+            self._op_counts[op] = index + 1
+            return True, f"{op}_{index}", self.compressor
+        name = self._frames[-1].name if self._frames else op
+        for frame in reversed(self._frames):
+            if frame.selected:
+                return True, name, frame.compressor or self.compressor
+        return False, name, self.compressor
+
+    # -- counting every saved tensor -------------------------------------------------
+    def call(self, func: Callable[..., Any], args: tuple, kwargs: dict, category: str) -> Any:
+        """Run ``func`` as vanilla autograd would, its saved tensors counted under ``category``."""
+        previous, self._category = self._category, category
+        try:
+            return func(*args, **kwargs)
+        finally:
+            self._category = previous
+
+    def pack(self, t: torch.Tensor) -> Any:
+        """The pack hook: count ``t`` (Rule 5 of NOTE [ Held memory ] says what is not counted)."""
+        if self.ledger is None or self._not_counted(t):
+            return t
+        return self.ledger.hold_raw(t, self._category)
+
+    def _not_counted(self, t: torch.Tensor) -> bool:
+        if isinstance(t, nn.Parameter) or (t.is_leaf and t.requires_grad):
+            return True
+        base = t._base
+        if base is not None and (isinstance(base, nn.Parameter) or (base.is_leaf and base.requires_grad)):
+            return True
+        ptr = storage_ptr(t)
+        return ptr is not None and ptr in self._excluded
+
+    def hold_compact(self, holder: Any, nbytes: int, category: str, source: torch.Tensor) -> None:
+        if self.ledger is not None:
+            self.ledger.hold_compact(holder, nbytes, category, source)
+
+    # -- the one place that decides what a layer input keeps --------------------------
+    def storer(self, name: str, compressor: Compressor, category: str, *, matrix_view: bool = False, record: bool = True) -> Callable[[torch.Tensor], Packed]:
+        """A function storing one input of the layer ``name``: decomposed, reused, or raw."""
+
+        def store(x: torch.Tensor) -> Packed:
+            return self._store(x, name, compressor, category, matrix_view, record)
+
+        return store
+
+    def _store(self, x: torch.Tensor, name: str, compressor: Compressor, category: str, matrix_view: bool, record: bool) -> Packed:
+        ledger = self.ledger
+        # The source is looked up on the tensor itself: a detached alias is a new Python object (Rule 1).
+        src = ledger.source(x) if ledger is not None else None
+        original, x = x, x.detach()
+        eligible = x.is_floating_point() and x.layout == torch.strided and x.dim() >= 2 and x.numel() >= max(self.min_numel, 1)
+        raw = HeldLedger.raw_tensor(src) if src is not None else None
+        key = (id(compressor), matrix_view, x.storage_offset(), tuple(x.shape), x.stride(), x.dtype)
+        if src is not None and eligible:
+            # One tensor read by several layers is stored, and recorded, once.
+            cached = src.cache.get(key)
+            packed = cached() if cached is not None else None
+            if packed is not None:
+                return packed
+        if not eligible or raw is not None:
+            packed = Packed(x)  # exact: held raw, by this saver or another one (Rule 3)
+            if raw is not None and record:
+                self.memory.record(name, original_bytes=packed.original_nbytes, stored_bytes=packed.nbytes, rank=None)
+        else:
+            index = self._counts.get(name, 0)
+            self._counts[name] = index + 1
+            packed = compressor(x, key=(name, index), matrix_view=matrix_view)
+            if packed.result is None:
+                self.memory.skipped += 1
+            elif packed.nbytes >= packed.original_nbytes:
+                # A decomposition as large as the tensor saves nothing: keep the tensor, exactly.
+                packed = Packed(x)
+            if record:
+                self.memory.record(name, original_bytes=packed.original_nbytes, stored_bytes=packed.nbytes, rank=packed.rank)
+        if ledger is not None and src is not None:
+            if packed.result is None:
+                packed.hold = ledger.hold_raw(original, category)
+                if eligible:
+                    src.cache[key] = weakref.ref(packed)
+            else:
+
+                def adopt(raw_tensor: torch.Tensor, ref: weakref.ref = weakref.ref(packed), src: Any = src) -> None:
+                    alive = ref()
+                    if alive is not None:
+                        alive.adopt(raw_tensor)
+                        ledger.release_compact(src, alive)
+
+                ledger.hold_compact(packed, packed.nbytes, category, original, adopt=adopt)
+                src.cache[key] = weakref.ref(packed)
+        return packed
+
+
+# -- handlers: from a torch call to the function that keeps the right form -----------------------
+
+
+def _needs_grad(*tensors: Any) -> bool:
+    return any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
+_CONV_NAMES = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+_CONV_DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
+
+
+def _conv(session: Session, func, args, kwargs):
+    a = _bind(args, kwargs, _CONV_NAMES, _CONV_DEFAULTS)
+    x, weight, bias = a["input"], a["weight"], a["bias"]
+    if not _needs_grad(x, weight, bias) or not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        return session.call(func, args, kwargs, "layer_inputs")
+    selected, name, compressor = session._layer(func.__name__)
+    if weight.requires_grad and not selected:
+        return session.call(func, args, kwargs, "layer_inputs")
+    store = session.storer(name, compressor, "layer_inputs")
+    dtype = _autocast_dtype(x.device.type)
+    if func is torch.conv2d and x.dim() in (3, 4) and weight.dim() == 4:
+        unbatched = x.dim() == 3
+        xb = x.unsqueeze(0) if unbatched else x
+        try:
+            pads = conv2d_padding(a["padding"], weight.shape[2:], _pair(a["dilation"]))
+        except (TypeError, ValueError):
+            return session.call(func, args, kwargs, "layer_inputs")
+        geometry = (_pair(a["stride"]), pads, _pair(a["dilation"]), int(a["groups"]))
+        with torch.autocast(x.device.type, enabled=False):
+            out = _Conv2dFunction.apply(xb, weight, bias, geometry, dtype, store)
+        return out.squeeze(0) if unbatched else out
+    if isinstance(a["padding"], str):
+        return session.call(func, args, kwargs, "layer_inputs")
+    params = (a["stride"], a["padding"], a["dilation"], int(a["groups"]))
+    if x.dim() != weight.dim():
+        return session.call(func, args, kwargs, "layer_inputs")
+    with torch.autocast(x.device.type, enabled=False):
+        return _ConvNdFunction.apply(x, weight, bias, func, params, dtype, store)
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    if isinstance(v, (tuple, list)):
+        return (int(v[0]), int(v[-1])) if len(v) in (1, 2) else tuple(int(a) for a in v)  # type: ignore[return-value]
+    return (int(v), int(v))
+
+
+def _linear(session: Session, func, args, kwargs):
+    a = _bind(args, kwargs, ("input", "weight", "bias"), {"bias": None})
+    x, weight, bias = a["input"], a["weight"], a["bias"]
+    if not _needs_grad(x, weight, bias) or not x.is_floating_point() or x.dim() < 1:
+        return session.call(func, args, kwargs, "layer_inputs")
+    selected, name, compressor = session._layer("linear")
+    if weight.requires_grad and not selected:
+        return session.call(func, args, kwargs, "layer_inputs")
+    matrix_view = compressor.method == "svd"
+    store = session.storer(name, compressor, "layer_inputs", matrix_view=matrix_view)
+    dtype = _autocast_dtype(x.device.type)
+    with torch.autocast(x.device.type, enabled=False):
+        return _LinearFunction.apply(x, weight, bias, dtype, store)
+
+
+def _mask_op(compute_of: Callable[[dict], Callable | None], names, defaults, *, inplace_funcs=(), slope_of=None):
+    def handler(session: Session, func, args, kwargs):
+        a = _bind(args, kwargs, names, defaults)
+        x = a["input"]
+        if not session.masks or not isinstance(x, torch.Tensor) or not x.requires_grad or not x.is_floating_point():
+            return session.call(func, args, kwargs, "masks")
+        compute = compute_of(a)
+        if compute is None:
+            return session.call(func, args, kwargs, "masks")
+        inplace = func in inplace_funcs or bool(a.get("inplace", False))
+        slope = slope_of(a) if slope_of is not None else 0.0
+        return _MaskFunction.apply(x, compute, inplace, slope, session)
+
+    return handler
+
+
+def _number(v: Any) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+
+
+def _clamp_of(a):
+    lo, hi = a.get("min"), a.get("max")
+    if not (_number(lo) and _number(hi)) or (lo is None and hi is None):
+        return None
+    return _clamp_compute(lo, hi)
+
+
+def _hardtanh_of(a):
+    lo, hi = a["min_val"], a["max_val"]
+    if not (_number(lo) and _number(hi)) or lo > hi:
+        return None
+    return _hardtanh_compute(lo, hi)
+
+
+def _dropout(session: Session, func, args, kwargs):
+    a = _bind(args, kwargs, ("input", "p", "training", "inplace"), {"p": 0.5, "training": True, "inplace": False})
+    x, p = a["input"], a["p"]
+    if (
+        not session.masks
+        or not a["training"]
+        or not isinstance(x, torch.Tensor)
+        or not x.requires_grad
+        or not x.is_floating_point()
+        or not isinstance(p, (int, float))
+        or not 0.0 < p < 1.0
+    ):
+        return session.call(func, args, kwargs, "masks")
+    return _DropoutFunction.apply(x, float(p), bool(a["inplace"]), session)
+
+
+_POOL_NAMES = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+_POOL_DEFAULTS = {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False, "return_indices": False}
+
+
+def _max_pool2d(session: Session, func, args, kwargs):
+    a = _bind(args, kwargs, _POOL_NAMES, _POOL_DEFAULTS)
+    x = a["input"]
+    if not session.masks or a["return_indices"] or not isinstance(x, torch.Tensor) or not x.requires_grad or x.dim() not in (3, 4):
+        return session.call(func, args, kwargs, "masks")
+    stride = a["stride"] if a["stride"] is not None else []
+    return _MaxPool2dFunction.apply(x, a["kernel_size"], stride, a["padding"], a["dilation"], bool(a["ceil_mode"]), session)
+
+
+_BN_NAMES = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+_BN_DEFAULTS = {"weight": None, "bias": None, "training": False, "momentum": 0.1, "eps": 1e-5}
+
+
+def _batch_norm(session: Session, func, args, kwargs):
+    a = _bind(args, kwargs, _BN_NAMES, _BN_DEFAULTS)
+    x, weight, bias = a["input"], a["weight"], a["bias"]
+    if not _needs_grad(x, weight, bias) or not x.is_floating_point():
+        return session.call(func, args, kwargs, "norm_inputs")
+    rm, rv = a["running_mean"], a["running_var"]
+    _, name, compressor = session._layer("batch_norm")
+    if not a["training"] and rm is not None and rv is not None:
+        store = session.storer(name, compressor, "norm_inputs", record=False)
+        return _BatchNormEvalFunction.apply(x, rm, rv, weight, bias, float(a["eps"]), store)
+    if session.norm_inputs != "compress" or x.dim() < 2:
+        return session.call(func, args, kwargs, "norm_inputs")
+    momentum, eps = a["momentum"], float(a["eps"])
+    if momentum is None:  # cumulative average: leave it to F.batch_norm's own bookkeeping
+        return session.call(func, args, kwargs, "norm_inputs")
+    F._verify_batch_size(x.size()) if hasattr(F, "_verify_batch_size") else None
+
+    def forward_fn(x, w, b):
+        return torch.native_batch_norm(x, w, b, rm, rv, True, momentum, eps)
+
+    def backward_fn(grad, x, w, b, stats, mask):
+        save_mean, save_invstd = stats
+        return torch.ops.aten.native_batch_norm_backward(grad, x, w, rm, rv, save_mean, save_invstd, True, eps, mask)
+
+    store = session.storer(name, compressor, "norm_inputs", record=False)
+    return _NormRebuildFunction.apply(x, weight, bias, forward_fn, backward_fn, store)
+
+
+def _layer_norm(session: Session, func, args, kwargs):
+    a = _bind(args, kwargs, ("input", "normalized_shape", "weight", "bias", "eps"), {"weight": None, "bias": None, "eps": 1e-5})
+    x = a["input"]
+    if session.norm_inputs != "compress" or not _needs_grad(x, a["weight"], a["bias"]) or not x.is_floating_point():
+        return session.call(func, args, kwargs, "norm_inputs")
+    shape, eps = list(a["normalized_shape"]) if not isinstance(a["normalized_shape"], int) else [a["normalized_shape"]], float(a["eps"])
+    _, name, compressor = session._layer("layer_norm")
+
+    def forward_fn(x, w, b):
+        return torch.native_layer_norm(x, shape, w, b, eps)
+
+    def backward_fn(grad, x, w, b, stats, mask):
+        mean, rstd = stats
+        return torch.ops.aten.native_layer_norm_backward(grad, x, shape, mean, rstd, w, b, mask)
+
+    store = session.storer(name, compressor, "norm_inputs", record=False)
+    return _NormRebuildFunction.apply(x, a["weight"], a["bias"], forward_fn, backward_fn, store)
+
+
+def _group_norm(session: Session, func, args, kwargs):
+    a = _bind(args, kwargs, ("input", "num_groups", "weight", "bias", "eps"), {"weight": None, "bias": None, "eps": 1e-5})
+    x = a["input"]
+    if session.norm_inputs != "compress" or not _needs_grad(x, a["weight"], a["bias"]) or not x.is_floating_point() or x.dim() < 2:
+        return session.call(func, args, kwargs, "norm_inputs")
+    groups, eps = int(a["num_groups"]), float(a["eps"])
+    n, c = x.shape[0], x.shape[1]
+    hw = x[0, 0].numel() if x.dim() > 2 else 1
+    _, name, compressor = session._layer("group_norm")
+
+    def forward_fn(x, w, b):
+        return torch.native_group_norm(x.contiguous(), w, b, n, c, hw, groups, eps)
+
+    def backward_fn(grad, x, w, b, stats, mask):
+        mean, rstd = stats
+        return torch.ops.aten.native_group_norm_backward(grad, x.contiguous(), mean, rstd, w, n, c, hw, groups, mask)
+
+    store = session.storer(name, compressor, "norm_inputs", record=False)
+    return _NormRebuildFunction.apply(x, a["weight"], a["bias"], forward_fn, backward_fn, store)
+
+
+_RELU = _mask_op(lambda a: _relu_compute, ("input", "inplace"), {"inplace": False}, inplace_funcs=(torch.relu_, torch.Tensor.relu_))
+_CLAMP = _mask_op(_clamp_of, ("input", "min", "max"), {"min": None, "max": None}, inplace_funcs=(torch.clamp_, torch.Tensor.clamp_, torch.clip_, torch.Tensor.clip_))
+_HARDTANH = _mask_op(_hardtanh_of, ("input", "min_val", "max_val", "inplace"), {"min_val": -1.0, "max_val": 1.0, "inplace": False}, inplace_funcs=(F.hardtanh_,))
+_RELU6 = _mask_op(lambda a: _hardtanh_compute(0.0, 6.0), ("input", "inplace"), {"inplace": False})
+_LEAKY = _mask_op(
+    lambda a: _leaky_compute(float(a["negative_slope"])) if _number(a["negative_slope"]) and a["negative_slope"] >= 0 else None,
+    ("input", "negative_slope", "inplace"),
+    {"negative_slope": 0.01, "inplace": False},
+    inplace_funcs=(F.leaky_relu_,),
+    slope_of=lambda a: float(a["negative_slope"]),
+)
+_THRESHOLD = _mask_op(
+    lambda a: _threshold_compute(a["threshold"], a["value"]) if _number(a["threshold"]) and _number(a["value"]) else None,
+    ("input", "threshold", "value", "inplace"),
+    {"inplace": False},
+    inplace_funcs=(torch.threshold_, F.threshold_),
+)
+
+_HANDLERS: dict[Callable[..., Any], Callable[..., Any]] = {
+    torch.conv1d: _conv,
+    torch.conv2d: _conv,
+    torch.conv3d: _conv,
+    F.linear: _linear,
+    F.relu: _RELU,
+    torch.relu: _RELU,
+    torch.relu_: _RELU,
+    torch.Tensor.relu: _RELU,
+    torch.Tensor.relu_: _RELU,
+    torch.clamp: _CLAMP,
+    torch.clamp_: _CLAMP,
+    torch.clip: _CLAMP,
+    torch.clip_: _CLAMP,
+    torch.Tensor.clamp: _CLAMP,
+    torch.Tensor.clamp_: _CLAMP,
+    torch.Tensor.clip: _CLAMP,
+    torch.Tensor.clip_: _CLAMP,
+    F.hardtanh: _HARDTANH,
+    F.hardtanh_: _HARDTANH,
+    F.relu6: _RELU6,
+    F.leaky_relu: _LEAKY,
+    F.leaky_relu_: _LEAKY,
+    F.threshold: _THRESHOLD,
+    torch.threshold: _THRESHOLD,
+    torch.threshold_: _THRESHOLD,
+    F.threshold_: _THRESHOLD,
+    F.dropout: _dropout,
+    F.max_pool2d: _max_pool2d,
+    F.batch_norm: _batch_norm,
+    F.layer_norm: _layer_norm,
+    F.group_norm: _group_norm,
+}

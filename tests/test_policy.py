@@ -1,0 +1,476 @@
+"""The whole-graph policy: exact compact forms, layer inputs recognised by identity, held bytes, both styles."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tensorcomp.adapters import BitMask, compress_activations, convert, memory_stats, narrow_index_dtype
+
+DOUBLE = torch.float64
+
+
+def _leaf(*shape, seed=0, dtype=DOUBLE, zeros=False):
+    x = torch.randn(*shape, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+    if zeros:  # exact zeros and values on the clamp bounds, where masks must still be right
+        x = x.round()
+    return x.requires_grad_(True)
+
+
+# -- masks ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (8,), (3, 5, 7), (2, 3, 64)])
+def test_bit_mask_round_trip(shape):
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(1)) > 0.5
+    packed = BitMask(mask)
+    assert packed.bits.dtype == torch.uint8 and packed.nbytes == math.ceil(mask.numel() / 8)
+    assert torch.equal(packed.unpack(), mask)
+
+
+def test_bit_mask_rejects_non_boolean_input():
+    with pytest.raises(TypeError, match="boolean tensor; got torch.float32"):
+        BitMask(torch.ones(3))
+
+
+def test_narrow_index_dtype():
+    assert narrow_index_dtype(1) == torch.uint8
+    assert narrow_index_dtype(32768) == torch.int16 and narrow_index_dtype(32769) == torch.int32
+    assert narrow_index_dtype(2**31 + 1) == torch.int64
+    with pytest.raises(ValueError, match="non-negative"):
+        narrow_index_dtype(-1)
+
+
+MASK_OPS = {
+    "nn.ReLU": lambda x: nn.ReLU()(x),
+    "nn.ReLU(inplace)": lambda x: nn.ReLU(inplace=True)(x * 1.0),
+    "F.relu": lambda x: F.relu(x),
+    "torch.relu": lambda x: torch.relu(x),
+    "Tensor.relu": lambda x: x.relu(),
+    "Tensor.relu_": lambda x: (x * 1.0).relu_(),
+    "nn.ReLU6": lambda x: nn.ReLU6()(x * 4),
+    "nn.ReLU6(inplace)": lambda x: nn.ReLU6(inplace=True)(x * 4),
+    "nn.Hardtanh": lambda x: nn.Hardtanh(-0.5, 1.0)(x),
+    "clamp": lambda x: x.clamp(-1.0, 1.0),
+    "clamp(min)": lambda x: torch.clamp(x, min=0.0),
+    "clamp(max)": lambda x: x.clamp(max=0.0),
+    "clamp_": lambda x: (x * 1.0).clamp_(-1.0, 1.0),
+    "clip": lambda x: x.clip(-1.0, 2.0),
+    "nn.LeakyReLU": lambda x: nn.LeakyReLU(0.1)(x),
+    "F.leaky_relu_": lambda x: F.leaky_relu_(x * 1.0, 0.2),
+    "nn.Threshold": lambda x: nn.Threshold(0.5, -2.0)(x),
+    "F.threshold_": lambda x: F.threshold_(x * 1.0, 0.0, 3.0),
+    "nn.MaxPool2d": lambda x: nn.MaxPool2d(2)(x),
+    "max_pool2d(3, 2, 1)": lambda x: F.max_pool2d(x, 3, 2, 1),
+    "max_pool2d(ceil, dilation)": lambda x: F.max_pool2d(x, 2, 1, 0, 2, True),
+}
+
+
+@pytest.mark.parametrize("name", list(MASK_OPS))
+def test_mask_ops_give_vanilla_gradients_bit_for_bit_and_hold_a_compact_form(name):
+    op = MASK_OPS[name]
+    x = _leaf(4, 6, 10, 10, zeros=True)
+    upstream = torch.randn(op(x.detach()).shape, dtype=DOUBLE, generator=torch.Generator().manual_seed(3))
+    (expected,) = torch.autograd.grad((op(x) * upstream).sum(), x)
+    with compress_activations(None) as ctx:
+        out = op(x)
+    (got,) = torch.autograd.grad((out * upstream).sum(), x)
+    assert torch.equal(got, expected)
+    masks = ctx.stats.held_breakdown["masks"]
+    # One bit per element (or narrow indices), against 8 bytes per float64 element.
+    assert 0 < masks["held_bytes"] <= out.numel() * 2
+    assert masks["original_bytes"] >= out.numel() * 8
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_dropout_keeps_its_mask_as_bits_and_the_gradient_is_the_mask_times_the_scale(inplace):
+    x = _leaf(8, 64)
+    torch.manual_seed(0)
+    with compress_activations(None) as ctx:
+        out = F.dropout(x * 1.0, 0.25, training=True, inplace=inplace)
+    upstream = torch.randn(out.shape, dtype=DOUBLE)
+    (got,) = torch.autograd.grad((out * upstream).sum(), x)
+    kept = out.detach() != 0
+    assert 0.6 < kept.double().mean() < 0.9
+    scale = 1.0 / 0.75
+    assert torch.equal(out.detach(), torch.where(kept, x.detach() * scale, 0.0))
+    assert torch.equal(got, torch.where(kept, upstream * scale, 0.0))
+    assert ctx.stats.held_breakdown["masks"]["held_bytes"] == 8 * 64 // 8
+
+
+def test_eval_dropout_and_p_zero_are_vanilla():
+    x = _leaf(4, 32)
+    with compress_activations(None):
+        assert torch.equal(F.dropout(x, 0.5, training=False), x)
+        assert torch.equal(F.dropout(x, 0.0, training=True), x)
+
+
+def test_max_pool_indices_are_kept_narrow():
+    x = _leaf(2, 3, 16, 16)
+    with compress_activations(None) as ctx:
+        out = F.max_pool2d(x, 2)
+    # 16 * 16 = 256 positions per plane: one byte per output element.
+    assert ctx.stats.held_breakdown["masks"]["held_bytes"] == out.numel()
+    out.sum().backward()
+
+
+def test_masks_false_keeps_what_vanilla_keeps():
+    x = _leaf(4, 6, 10, 10)
+    with compress_activations(None, masks=False) as ctx:
+        torch.relu(x)
+    assert ctx.stats.held_breakdown["masks"]["held_bytes"] == x.numel() * 8
+
+
+# -- one storage, several savers ---------------------------------------------
+
+
+def _chain(dtype=DOUBLE):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)).to(dtype)
+
+
+def test_conv_relu_conv_holds_fewer_bytes_than_the_raw_intermediate():
+    model = _chain(torch.float32)
+    x = torch.randn(8, 3, 16, 16)
+    with compress_activations(model, "hosvd", eps=0.8) as ctx:
+        model(x).sum().backward()
+    intermediate = 8 * 8 * 16 * 16 * 4
+    assert ctx.stats.held_bytes < intermediate
+    # What vanilla keeps: the input (for the first conv) and the ReLU's output (for the ReLU and the second conv), once.
+    assert ctx.stats.held_original_bytes == x.numel() * 4 + intermediate
+
+
+def test_a_storage_kept_raw_by_another_op_is_not_decomposed_as_well():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 4, 3).double()
+    x = _leaf(2, 4, 12, 12)
+    with compress_activations(conv, "hosvd", eps=0.5, min_numel=1) as ctx:
+        y = torch.tanh(x)  # tanh keeps its output raw
+        out = conv(y)
+    assert ctx.stats.per_layer[""]["ranks"] == [None]  # stored raw, not decomposed
+    assert ctx.stats.held_bytes == y.numel() * 8  # once, although two ops keep it
+    got = torch.autograd.grad(out.sum(), conv.weight)[0]
+    expected = torch.autograd.grad(conv(torch.tanh(x)).sum(), conv.weight)[0]
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)  # exact
+
+
+def test_a_decomposition_is_dropped_when_a_later_op_keeps_the_storage_raw():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 4, 3).double()
+    x = _leaf(2, 4, 12, 12)
+    with compress_activations(conv, "hosvd", eps=0.5, min_numel=1) as ctx:
+        y = x * 2.0
+        out = conv(y)
+        z = y * y  # mul keeps y raw after the conv decomposed it
+    held = ctx.stats.held_bytes
+    assert held == y.numel() * 8 + ctx.stats.held_breakdown["other"]["held_bytes"] - y.numel() * 8
+    assert ctx.stats.held_breakdown["layer_inputs"]["held_bytes"] == 0
+    got = torch.autograd.grad(out.sum() + z.sum(), conv.weight)[0]
+    expected = torch.autograd.grad(conv(x * 2.0).sum(), conv.weight)[0]
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)  # the raw tensor was used
+
+
+def test_an_in_place_change_never_reuses_the_stale_decomposition():
+    torch.manual_seed(0)
+    a, b = nn.Conv2d(4, 4, 3).double(), nn.Conv2d(4, 4, 3).double()
+    model = nn.ModuleDict({"a": a, "b": b})
+    # A positive rank-one input: its exact decomposition is small, so it is decomposed.
+    g = torch.Generator().manual_seed(0)
+    x = torch.einsum("i,j,k,l->ijkl", *(torch.rand(n, dtype=DOUBLE, generator=g) + 0.5 for n in (2, 4, 10, 10)))
+    x.requires_grad_(True)
+    # eps just below 1 drops only the round-off components: rank one, exact to round-off.
+    with compress_activations(model, "hosvd", eps=1 - 1e-9, min_numel=1) as ctx:
+        y = torch.relu(x)
+        out_a = a(y)
+        y.add_(1.0)  # same storage, new version
+        out_b = b(y)
+    (out_a.sum() + out_b.sum()).backward()
+    ya = torch.relu(x.detach())
+    ga = torch.autograd.grad(a(ya).sum(), a.weight)[0]
+    gb = torch.autograd.grad(b(ya + 1.0).sum(), b.weight)[0]
+    torch.testing.assert_close(a.weight.grad, ga * 1, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(b.weight.grad, gb * 1, rtol=1e-9, atol=1e-10)
+    assert set(ctx.stats.per_layer) == {"a", "b"}  # two decompositions, not one reused
+    assert all(r[0] is not None for r in (ctx.stats.per_layer["a"]["ranks"], ctx.stats.per_layer["b"]["ranks"]))
+
+
+def test_an_in_place_change_of_a_tensor_kept_raw_raises_as_vanilla_does():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 4, 3).double()
+    x = _leaf(2, 4, 10, 10)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y = torch.tanh(x)
+        out = conv(y)
+        y.mul_(2.0)
+        out.sum().backward()
+    with compress_activations(conv, "hosvd", eps=0.5, min_numel=1):
+        y = torch.tanh(x)
+        out = conv(y)
+        y.mul_(2.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
+# -- layer inputs recognised by identity (regressions) -------------------------
+
+
+def test_autocast_with_tokens_equal_to_out_features_compresses_only_the_input():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 12), nn.GELU(), nn.Linear(12, 12))
+    x = torch.randn(3, 4, 8, requires_grad=True)  # 3 x 4 = 12 tokens = out_features
+
+    def run(ctx):
+        x.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if ctx is None:
+                out = model(x)
+            else:
+                with ctx:
+                    out = model(x)
+        out.float().square().sum().backward()
+        return x.grad.clone()
+
+    expected = run(None)
+    got = run(compress_activations(model, "hosvd", eps=0.5))
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("parametrize", ["weight_norm", "spectral_norm", "orthogonal"])
+def test_parametrized_linear_with_batch_equal_to_out_features_keeps_input_gradients_exact(parametrize):
+    torch.manual_seed(0)
+    layer = nn.Linear(6, 6).double()
+    getattr(torch.nn.utils.parametrizations, parametrize)(layer)
+    model = nn.Sequential(nn.Linear(6, 6).double(), nn.Tanh(), layer)
+    x = _leaf(6, 6)  # batch 6 = out_features
+
+    def run(ctx):
+        x.grad = None
+        model.zero_grad()
+        torch.manual_seed(1)
+        if ctx is None:
+            out = model(x)
+        else:
+            with ctx:
+                out = model(x)
+        out.square().sum().backward()
+        return x.grad.clone(), model[0].weight.grad.clone()
+
+    expected = run(None)
+    got = run(compress_activations(model, "svd", eps=0.5, min_numel=1, modules=lambda n, m: n == "2"))
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-12)
+
+
+def test_a_composite_module_compresses_the_linear_inputs_inside_it_only():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True).double()
+    x = _leaf(3, 5, 16)
+
+    def run(ctx):
+        x.grad = None
+        layer.zero_grad()
+        if ctx is None:
+            out = layer(x)
+        else:
+            with ctx:
+                out = layer(x)
+        out.square().sum().backward()
+        return {"<input>": x.grad.clone(), **{n: p.grad.clone() for n, p in layer.named_parameters()}}
+
+    expected = run(None)
+    ctx = compress_activations(layer, "hosvd", eps=0.5, min_numel=1, modules=(nn.TransformerEncoderLayer,))
+    got = run(ctx)
+    assert set(ctx.stats.per_layer) == {"linear1", "linear2"}
+    approximate = {"linear1.weight", "linear2.weight"}
+    for name in expected:
+        if name not in approximate:
+            torch.testing.assert_close(got[name], expected[name], rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
+    assert any(not torch.allclose(got[n], expected[n]) for n in approximate)
+
+
+# -- normalisation ------------------------------------------------------------
+
+
+def _norm_net(kind):
+    torch.manual_seed(0)
+    norm = {"batch": nn.BatchNorm2d(8), "layer": nn.LayerNorm([8, 6, 6]), "group": nn.GroupNorm(2, 8)}[kind]
+    return nn.Sequential(nn.Conv2d(3, 8, 3), norm, nn.ReLU(), nn.Conv2d(8, 4, 3)).double()
+
+
+def _all_grads(model, x, ctx=None):
+    model.zero_grad()
+    x.grad = None
+    if ctx is None:
+        out = model(x)
+    else:
+        with ctx:
+            out = model(x)
+    out.square().sum().backward()
+    return {"<input>": x.grad.clone(), **{n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}}
+
+
+def test_eval_batch_norm_keeps_nothing_when_frozen_and_a_decomposition_when_trained():
+    model = _norm_net("batch")
+    model[1].eval()
+    model[1].running_var.uniform_(0.5, 2.0)
+    x = _leaf(4, 3, 8, 8)
+    expected = _all_grads(model, x)
+    for trained in (True, False):
+        model[1].weight.requires_grad_(trained)
+        model[1].bias.requires_grad_(trained)
+        ctx = compress_activations(model, "hosvd", eps=0.5, min_numel=1)
+        got = _all_grads(model, x, ctx)
+        norm = ctx.stats.held_breakdown["norm_inputs"]
+        if trained:
+            assert 0 < norm["held_bytes"] < norm["original_bytes"]
+            assert not torch.allclose(got["1.weight"], expected["1.weight"])
+        else:
+            assert norm["held_bytes"] == 0
+        exact = ["<input>", "0.bias", "3.bias"] + (["1.bias"] if trained else [])
+        for name in exact:
+            torch.testing.assert_close(got[name], expected[name], rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("kind", ["batch", "layer", "group"])
+def test_training_norms_are_exact_by_default_and_compressible_on_request(kind):
+    model = _norm_net(kind)
+    x = _leaf(4, 3, 8, 8)
+    expected = _all_grads(model, x)
+    ctx = compress_activations(model, "hosvd", eps=0.5, min_numel=1)
+    got = _all_grads(model, x, ctx)
+    for name in expected:
+        if name not in ("0.weight", "3.weight"):
+            torch.testing.assert_close(got[name], expected[name], rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
+    exact_norm = ctx.stats.held_breakdown["norm_inputs"]["held_bytes"]
+    assert exact_norm >= 4 * 8 * 6 * 6 * 8
+
+    ctx = compress_activations(model, "hosvd", eps=1.0, min_numel=1, norm_inputs="compress")
+    got = _all_grads(model, x, ctx)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-8, atol=1e-10, msg=lambda m: f"{name}: {m}")
+    ctx = compress_activations(model, "hosvd", eps=0.5, min_numel=1, norm_inputs="compress")
+    _all_grads(model, x, ctx)
+    assert ctx.stats.held_breakdown["norm_inputs"]["held_bytes"] < exact_norm
+
+
+def test_norm_inputs_is_validated():
+    with pytest.raises(ValueError, match="norm_inputs must be one of"):
+        compress_activations(None, norm_inputs="approximate")
+    with pytest.raises(ValueError, match="norm_inputs must be one of"):
+        convert(_chain(), norm_inputs=None)
+    with pytest.raises(TypeError, match="masks must be True or False"):
+        compress_activations(None, masks="yes")
+
+
+# -- frozen layers -------------------------------------------------------------
+
+
+def test_a_frozen_layer_keeps_nothing_of_its_input():
+    model = _chain()
+    for p in model[2].parameters():
+        p.requires_grad_(False)
+    x = _leaf(2, 3, 8, 8)
+    expected = _all_grads(model, x)
+    ctx = compress_activations(model, "hosvd", eps=0.5, min_numel=1, modules=lambda n, m: n == "2")
+    got = _all_grads(model, x, ctx)
+    assert "2" not in ctx.stats.per_layer
+    for name in ("<input>", "0.bias"):
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-9, atol=1e-12)
+
+
+# -- whole models, both styles ---------------------------------------------------
+
+
+class _GPTBlock(nn.Module):
+    def __init__(self, dim=16, heads=2):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.fc, self.out = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+        self.drop = nn.Dropout(0.0)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
+        q, k, v = (z.reshape(b, t, self.heads, -1).transpose(1, 2) for z in (q, k, v))
+        attn = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.drop(self.proj(attn.transpose(1, 2).reshape(b, t, d)))
+        return x + self.out(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
+
+
+def _models():
+    torchvision = pytest.importorskip("torchvision")
+    return {
+        "resnet18": (lambda: torchvision.models.resnet18(num_classes=5), (2, 3, 32, 32)),
+        "mobilenet_v2": (lambda: torchvision.models.mobilenet_v2(num_classes=5), (2, 3, 32, 32)),
+        "efficientnet_b0": (lambda: torchvision.models.efficientnet_b0(num_classes=5, stochastic_depth_prob=0.0), (2, 3, 32, 32)),
+        "vit": (
+            lambda: torchvision.models.VisionTransformer(32, 8, 2, 2, 16, 32, num_classes=5),
+            (2, 3, 32, 32),
+        ),
+        "encoder_layer": (lambda: nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True), (2, 5, 16)),
+        "gpt_block": (lambda: _GPTBlock(), (2, 6, 16)),
+    }
+
+
+MODEL_NAMES = ["resnet18", "mobilenet_v2", "efficientnet_b0", "vit", "encoder_layer", "gpt_block"]
+
+
+def _build(name, bn_eval):
+    factory, shape = _models()[name]
+    torch.manual_seed(0)
+    model = factory().double()
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0  # vanilla and compressed runs draw from the RNG differently
+    model.train()
+    if bn_eval:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+    x = torch.randn(shape, dtype=DOUBLE, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    return model, x
+
+
+def _approximate(model, bn_eval):
+    """Names of the parameters whose gradient compression may change: layer weights, eval-mode BN weights."""
+    names = set()
+    for mname, m in model.named_modules():
+        prefix = f"{mname}." if mname else ""
+        if type(m) in (nn.Conv2d, nn.Linear):
+            names.add(prefix + "weight")
+        if bn_eval and isinstance(m, nn.modules.batchnorm._BatchNorm):
+            names.add(prefix + "weight")
+    return names
+
+
+@pytest.mark.parametrize("bn_eval", [False, True], ids=["bn-train", "bn-eval"])
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_models_keep_every_gradient_outside_the_compressed_weights_exact_in_both_styles(name, bn_eval):
+    model, x = _build(name, bn_eval)
+    expected = _all_grads(model, x)
+    approximate = _approximate(model, bn_eval)
+    held = {}
+    for style in ("hooks", "convert"):
+        for eps in (1.0, 0.5):
+            model, x = _build(name, bn_eval)
+            if style == "hooks":
+                ctx = compress_activations(model, "hosvd", eps=eps, min_numel=1, modules=lambda n, m: type(m) in (nn.Conv2d, nn.Linear))
+                got = _all_grads(model, x, ctx)
+                stats = ctx.stats
+            else:
+                convert(model, "hosvd", eps=eps, min_numel=1)
+                got = _all_grads(model, x)
+                stats = memory_stats(model)
+            held[style, eps] = stats.held_bytes
+            assert stats.held_bytes <= stats.held_original_bytes
+            if eps < 1:
+                assert stats.held_bytes < stats.held_original_bytes
+            for pname in expected:
+                if eps == 1.0 or pname not in approximate:
+                    error = (got[pname] - expected[pname]).norm() / expected[pname].norm().clamp_min(1e-300)
+                    assert error <= 1e-9, f"{style} eps={eps} {pname}: relative error {error:.2e}"
+    assert held["hooks", 0.5] == held["convert", 0.5]
