@@ -35,7 +35,7 @@ class Packed:
     rank : rank of the decomposition, or ``None``.
     """
 
-    __slots__ = ("result", "tensor", "shape", "dtype", "nbytes", "original_nbytes", "rank", "version", "layout", "hold", "__weakref__")
+    __slots__ = ("result", "tensor", "shape", "dtype", "nbytes", "original_nbytes", "rank", "version", "layout", "hold", "recorded", "__weakref__")
 
     def __init__(self, source: torch.Tensor, result: Any = None) -> None:
         self.shape = source.shape
@@ -48,6 +48,7 @@ class Packed:
         self.nbytes = self.original_nbytes if result is None else int(result.nbytes)
         self.rank = None if result is None else getattr(result, "rank", None)
         self.hold: Any = None
+        self.recorded = False
 
     def adopt(self, raw: torch.Tensor) -> None:
         """Read the activation from ``raw``, a tensor of the same storage at the same version, and drop the result.

@@ -11,6 +11,7 @@ vanilla autograd's.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 __all__ = ["BitMask", "narrow_index_dtype"]
@@ -24,6 +25,20 @@ def _shifts(device: torch.device) -> torch.Tensor:
         shifts = torch.arange(8, dtype=torch.uint8, device=device)
         _SHIFTS_CACHE[device] = shifts
     return shifts
+
+
+def _pack_lanes(flat: torch.Tensor) -> torch.Tensor:
+    """``np.packbits(..., bitorder="little")`` in torch operations, for tensors off the CPU."""
+    pad = (-flat.numel()) % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    lanes = flat.view(-1, 8).to(torch.uint8) << _shifts(flat.device)
+    return lanes.sum(1, dtype=torch.uint8)
+
+
+def _unpack_lanes(bits: torch.Tensor, numel: int) -> torch.Tensor:
+    lanes = (bits.unsqueeze(1) >> _shifts(bits.device)) & 1
+    return lanes.reshape(-1)[:numel].to(torch.bool)
 
 
 class BitMask:
@@ -68,12 +83,12 @@ class BitMask:
             got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
             raise TypeError(f"BitMask needs a boolean tensor; got {got}")
         self.shape = mask.shape
-        flat = mask.reshape(-1)
-        pad = (-flat.numel()) % 8
-        if pad:
-            flat = torch.cat([flat, flat.new_zeros(pad)])
-        lanes = flat.view(-1, 8).to(torch.uint8) << _shifts(flat.device)
-        self.bits = lanes.sum(1, dtype=torch.uint8)
+        flat = mask.detach().reshape(-1)
+        if flat.device.type == "cpu":
+            # numpy's packbits is a single pass in C, several times faster than the lane arithmetic.
+            self.bits = torch.from_numpy(np.packbits(flat.contiguous().numpy(), bitorder="little"))
+            return
+        self.bits = _pack_lanes(flat)
 
     @property
     def nbytes(self) -> int:
@@ -81,9 +96,11 @@ class BitMask:
 
     def unpack(self) -> torch.Tensor:
         """The boolean mask, in its original shape."""
-        lanes = (self.bits.unsqueeze(1) >> _shifts(self.bits.device)) & 1
         numel = self.shape.numel()
-        return lanes.reshape(-1)[:numel].to(torch.bool).reshape(self.shape)
+        if self.bits.device.type == "cpu":
+            flat = np.unpackbits(self.bits.numpy(), count=numel, bitorder="little")
+            return torch.from_numpy(flat).view(torch.bool).reshape(self.shape)
+        return _unpack_lanes(self.bits, numel).reshape(self.shape)
 
     def __repr__(self) -> str:
         return f"BitMask(shape={tuple(self.shape)}, nbytes={self.nbytes})"

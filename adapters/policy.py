@@ -384,22 +384,44 @@ class _MaxPool2dFunction(torch.autograd.Function):
 # -- normalisation -------------------------------------------------------------------------------
 
 
+class _NormInput:
+    """What an evaluation-mode BatchNorm keeps for its weight gradient, decided by the session.
+
+    Either a stored form of its input ``x`` (``from_output=False``), or, when
+    a ReLU-like op (zero gradient wherever it changes its input) consumes the
+    norm's output ``y``, the stored form of that op's output ``r``: wherever
+    the gradient reaching the norm is not zero, ``r == y``, so
+    ``xhat = (r - bias) / weight`` there, and the weight gradient
+    ``sum(grad * xhat)`` is the same. The layer after the ReLU keeps ``r``
+    anyway, so the norm keeps nothing of its own (see NOTE [ Held memory ],
+    Rule 3, for how one stored form serves several ops).
+    """
+
+    __slots__ = ("packed", "from_output", "raw", "hold")
+
+    def __init__(self) -> None:
+        self.packed: Packed | None = None
+        self.from_output = False
+        self.raw: torch.Tensor | None = None
+        self.hold: Any = None
+
+
 class _BatchNormEvalFunction(torch.autograd.Function):
-    """Batch norm with running statistics; keeps the input's decomposition only for its weight gradient."""
+    """Batch norm with running statistics; keeps a stored form only for its weight gradient (:class:`_NormInput`)."""
 
     @staticmethod
-    def forward(ctx, x, running_mean, running_var, weight, bias, eps, store):  # type: ignore[override]
+    def forward(ctx, x, running_mean, running_var, weight, bias, eps, kept):  # type: ignore[override]
         with _no_torch_function():
             out = F.batch_norm(x, running_mean, running_var, weight, bias, False, 0.0, eps)
-            packed = store(x) if weight is not None and ctx.needs_input_grad[3] else None
         ctx.eps = eps
-        ctx.save_for_backward(running_mean, running_var, weight, _keep(packed))
+        ctx.save_for_backward(running_mean, running_var, weight, bias, _keep(kept))
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
-        running_mean, running_var, weight, kept = ctx.saved_tensors
+        running_mean, running_var, weight, bias, kept = ctx.saved_tensors
+        kept = kept.kept
         shape = [1, -1] + [1] * (grad.dim() - 2)
         dims = [d for d in range(grad.dim()) if d != 1]
         grad_input = grad_weight = grad_bias = None
@@ -409,8 +431,12 @@ class _BatchNormEvalFunction(torch.autograd.Function):
                 scale = invstd if weight is None else invstd * weight.to(grad.dtype)
                 grad_input = grad * scale.reshape(shape)
             if ctx.needs_input_grad[3]:
-                x = kept.kept.unpack().to(grad.dtype)
-                xhat = (x - running_mean.to(grad.dtype).reshape(shape)) * invstd.reshape(shape)
+                stored = kept.packed.unpack().to(grad.dtype)
+                if kept.from_output:
+                    beta = bias.to(grad.dtype).reshape(shape) if bias is not None else 0.0
+                    xhat = (stored - beta) / weight.to(grad.dtype).reshape(shape)
+                else:
+                    xhat = (stored - running_mean.to(grad.dtype).reshape(shape)) * invstd.reshape(shape)
                 grad_weight = (grad * xhat).sum(dims).to(weight.dtype)
             if ctx.needs_input_grad[4]:
                 grad_bias = grad.sum(dims).to(weight.dtype if weight is not None else grad.dtype)
@@ -472,10 +498,13 @@ class _Mode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
         kwargs = kwargs or {}
+        session = self.session
+        if session._pending and func not in _METADATA and getattr(func, "__name__", "") != "__get__":
+            session.consumed(func, args, kwargs)
         handler = _HANDLERS.get(func)
         if handler is None or not torch.is_grad_enabled():
-            return self.session.call(func, args, kwargs, "other")
-        return handler(self.session, func, args, kwargs)
+            return session.call(func, args, kwargs, "other")
+        return handler(session, func, args, kwargs)
 
 
 class Session:
@@ -521,6 +550,7 @@ class Session:
         self._excluded: set[int] = set()
         self._counts: dict[str, int] = {}
         self._op_counts: dict[str, int] = {}
+        self._pending: dict[int, tuple] = {}
         self._category = "other"
         self._mode: _Mode | None = None
         self._cuda_start: int | None = None
@@ -556,6 +586,9 @@ class Session:
 
     def stop(self) -> None:
         try:
+            # Norm outputs nobody consumed inside the forward: keep their inputs' stored forms now.
+            with _no_torch_function():
+                self._resolve_all()
             if self._saved_hooks is not None:
                 self._saved_hooks.__exit__(None, None, None)
             if self._mode is not None:
@@ -611,6 +644,57 @@ class Session:
                 return True, name, frame.compressor or self.compressor
         return False, name, self.compressor
 
+    # -- evaluation-mode norm inputs, decided when their output is consumed (see _NormInput) --
+    def defer_norm_input(self, out: torch.Tensor, x: torch.Tensor, kept: _NormInput, name: str, compressor: Compressor) -> None:
+        """Keep ``x`` until the next op on ``out`` shows whether that op's stored output can serve instead.
+
+        In the usual conv-BN-ReLU order that is the very next op, while ``x``
+        is still in memory in vanilla autograd too; the window is not counted
+        as held (what is finally kept is). Norm outputs nobody reads in the
+        forward are resolved when the session stops.
+        """
+        kept.raw = x.detach()
+        self._pending[id(out)] = (weakref.ref(out), kept, name, compressor)
+
+    def take_pending(self, t: torch.Tensor) -> tuple | None:
+        entry = self._pending.get(id(t))
+        if entry is None or entry[0]() is not t:
+            return None
+        del self._pending[id(t)]
+        return entry
+
+    def resolve_from_output(self, entry: tuple, r: torch.Tensor) -> None:
+        """The norm's output went through a ReLU-like op into ``r``: keep ``r``'s stored form, shared with the next layer."""
+        _, kept, name, compressor = entry
+        kept.raw = kept.hold = None  # the input is not needed: released before anything new is stored
+        kept.packed = self._store(r, name, compressor, "norm_inputs", False, False)
+        kept.from_output = True
+
+    def _resolve_from_input(self, entry: tuple) -> None:
+        _, kept, name, compressor = entry
+        if kept.raw is not None:
+            kept.packed = self._store(kept.raw, name, compressor, "norm_inputs", False, False)
+        kept.raw = kept.hold = None
+
+    def consumed(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+        """Another op reads a pending norm output: the norm keeps (a stored form of) its own input."""
+        if _HANDLERS.get(func) in _ZERO_SLOPE_HANDLERS:
+            return  # the mask op's handler links it
+        for t in (*args, *kwargs.values()):
+            if isinstance(t, torch.Tensor):
+                entry = self.take_pending(t)
+                if entry is not None:
+                    self._resolve_from_input(entry)
+            elif isinstance(t, (list, tuple)):
+                for u in t:
+                    if isinstance(u, torch.Tensor) and (entry := self.take_pending(u)) is not None:
+                        self._resolve_from_input(entry)
+
+    def _resolve_all(self) -> None:
+        pending, self._pending = self._pending, {}
+        for entry in pending.values():
+            self._resolve_from_input(entry)
+
     # -- counting every saved tensor -------------------------------------------------
     def call(self, func: Callable[..., Any], args: tuple, kwargs: dict, category: str) -> Any:
         """Run ``func`` as vanilla autograd would, its saved tensors counted under ``category``."""
@@ -661,11 +745,13 @@ class Session:
             cached = src.cache.get(key)
             packed = cached() if cached is not None else None
             if packed is not None:
+                if record and not packed.recorded:
+                    # Stored first for another op (an eval-mode norm before a ReLU): the layer's own record.
+                    packed.recorded = True
+                    self.memory.record(name, original_bytes=packed.original_nbytes, stored_bytes=packed.nbytes, rank=packed.rank)
                 return packed
         if not eligible or raw is not None:
             packed = Packed(x)  # exact: held raw, by this saver or another one (Rule 3)
-            if raw is not None and record:
-                self.memory.record(name, original_bytes=packed.original_nbytes, stored_bytes=packed.nbytes, rank=None)
         else:
             index = self._counts.get(name, 0)
             self._counts[name] = index + 1
@@ -675,8 +761,10 @@ class Session:
             elif packed.nbytes >= packed.original_nbytes:
                 # A decomposition as large as the tensor saves nothing: keep the tensor, exactly.
                 packed = Packed(x)
-            if record:
-                self.memory.record(name, original_bytes=packed.original_nbytes, stored_bytes=packed.nbytes, rank=packed.rank)
+        if record and eligible:
+            # The layer's own record (the paper's accounting): what it stores, decomposed or raw.
+            packed.recorded = True
+            self.memory.record(name, original_bytes=packed.original_nbytes, stored_bytes=packed.nbytes, rank=packed.rank)
         if ledger is not None and src is not None:
             if packed.result is None:
                 packed.hold = ledger.hold_raw(original, category)
@@ -768,7 +856,11 @@ def _mask_op(compute_of: Callable[[dict], Callable | None], names, defaults, *, 
             return session.call(func, args, kwargs, "masks")
         inplace = func in inplace_funcs or bool(a.get("inplace", False))
         slope = slope_of(a) if slope_of is not None else 0.0
-        return _MaskFunction.apply(x, compute, inplace, slope, session)
+        pending = session.take_pending(x) if slope == 0.0 else None
+        out = _MaskFunction.apply(x, compute, inplace, slope, session)
+        if pending is not None:
+            session.resolve_from_output(pending, out)
+        return out
 
     return handler
 
@@ -832,8 +924,15 @@ def _batch_norm(session: Session, func, args, kwargs):
     rm, rv = a["running_mean"], a["running_var"]
     _, name, compressor = session._layer("batch_norm")
     if not a["training"] and rm is not None and rv is not None:
-        store = session.storer(name, compressor, "norm_inputs", record=False)
-        return _BatchNormEvalFunction.apply(x, rm, rv, weight, bias, float(a["eps"]), store)
+        kept = _NormInput()
+        trained = weight is not None and weight.requires_grad
+        deferred = trained and session.masks and x.dim() >= 2 and bool((weight != 0).all())
+        if trained and not deferred:
+            kept.packed = session.storer(name, compressor, "norm_inputs", record=False)(x)
+        out = _BatchNormEvalFunction.apply(x, rm, rv, weight, bias, float(a["eps"]), kept)
+        if deferred:
+            session.defer_norm_input(out, x, kept, name, compressor)
+        return out
     if session.norm_inputs != "compress" or x.dim() < 2:
         return session.call(func, args, kwargs, "norm_inputs")
     momentum, eps = a["momentum"], float(a["eps"])
@@ -892,6 +991,11 @@ def _group_norm(session: Session, func, args, kwargs):
     return _NormRebuildFunction.apply(x, a["weight"], a["bias"], forward_fn, backward_fn, store)
 
 
+# Reading a tensor's metadata does not consume it.
+_METADATA = frozenset(
+    {torch.Tensor.size, torch.Tensor.dim, torch.Tensor.numel, torch.Tensor.__len__, torch.Tensor.is_contiguous, torch.Tensor.stride}
+)
+
 _RELU = _mask_op(lambda a: _relu_compute, ("input", "inplace"), {"inplace": False}, inplace_funcs=(torch.relu_, torch.Tensor.relu_))
 _CLAMP = _mask_op(_clamp_of, ("input", "min", "max"), {"min": None, "max": None}, inplace_funcs=(torch.clamp_, torch.Tensor.clamp_, torch.clip_, torch.Tensor.clip_))
 _HARDTANH = _mask_op(_hardtanh_of, ("input", "min_val", "max_val", "inplace"), {"min_val": -1.0, "max_val": 1.0, "inplace": False}, inplace_funcs=(F.hardtanh_,))
@@ -909,6 +1013,9 @@ _THRESHOLD = _mask_op(
     {"inplace": False},
     inplace_funcs=(torch.threshold_, F.threshold_),
 )
+
+# Ops whose gradient is zero wherever they change their input (so an eval-mode norm before them can read their output).
+_ZERO_SLOPE_HANDLERS: tuple[Callable[..., Any], ...] = ()
 
 _HANDLERS: dict[Callable[..., Any], Callable[..., Any]] = {
     torch.conv1d: _conv,
@@ -943,3 +1050,5 @@ _HANDLERS: dict[Callable[..., Any], Callable[..., Any]] = {
     F.layer_norm: _layer_norm,
     F.group_norm: _group_norm,
 }
+
+_ZERO_SLOPE_HANDLERS = (_RELU, _CLAMP, _HARDTANH, _RELU6, _THRESHOLD)

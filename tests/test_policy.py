@@ -30,6 +30,15 @@ def test_bit_mask_round_trip(shape):
     assert torch.equal(packed.unpack(), mask)
 
 
+def test_bit_mask_lane_arithmetic_used_off_the_cpu_matches_packbits():
+    from tensorcomp.adapters.masks import _pack_lanes, _unpack_lanes
+
+    mask = torch.rand(1001, generator=torch.Generator().manual_seed(2)) > 0.3
+    bits = _pack_lanes(mask)
+    assert torch.equal(bits, BitMask(mask).bits)
+    assert torch.equal(_unpack_lanes(bits, mask.numel()), mask)
+
+
 def test_bit_mask_rejects_non_boolean_input():
     with pytest.raises(TypeError, match="boolean tensor; got torch.float32"):
         BitMask(torch.ones(3))
@@ -293,9 +302,9 @@ def test_a_composite_module_compresses_the_linear_inputs_inside_it_only():
 # -- normalisation ------------------------------------------------------------
 
 
-def _norm_net(kind):
+def _norm_net(kind, side=6):
     torch.manual_seed(0)
-    norm = {"batch": nn.BatchNorm2d(8), "layer": nn.LayerNorm([8, 6, 6]), "group": nn.GroupNorm(2, 8)}[kind]
+    norm = {"batch": nn.BatchNorm2d(8), "layer": nn.LayerNorm([8, side, side]), "group": nn.GroupNorm(2, 8)}[kind]
     return nn.Sequential(nn.Conv2d(3, 8, 3), norm, nn.ReLU(), nn.Conv2d(8, 4, 3)).double()
 
 
@@ -315,7 +324,7 @@ def test_eval_batch_norm_keeps_nothing_when_frozen_and_a_decomposition_when_trai
     model = _norm_net("batch")
     model[1].eval()
     model[1].running_var.uniform_(0.5, 2.0)
-    x = _leaf(4, 3, 8, 8)
+    x = _leaf(8, 3, 18, 18)
     expected = _all_grads(model, x)
     for trained in (True, False):
         model[1].weight.requires_grad_(trained)
@@ -324,8 +333,13 @@ def test_eval_batch_norm_keeps_nothing_when_frozen_and_a_decomposition_when_trai
         got = _all_grads(model, x, ctx)
         norm = ctx.stats.held_breakdown["norm_inputs"]
         if trained:
-            assert 0 < norm["held_bytes"] < norm["original_bytes"]
+            # The ReLU's output, decomposed once for the norm's weight gradient and the next conv.
+            assert norm["held_bytes"] > 0 and ctx.stats.held_bytes < ctx.stats.held_original_bytes
+            assert ctx.stats.per_layer["3"]["peak_bytes"] <= norm["held_bytes"]
             assert not torch.allclose(got["1.weight"], expected["1.weight"])
+            # Read from the ReLU's output: at eps = 1 the weight gradient is vanilla's.
+            exact = _all_grads(model, x, compress_activations(model, "hosvd", eps=1.0, min_numel=1))
+            torch.testing.assert_close(exact["1.weight"], expected["1.weight"], rtol=1e-9, atol=1e-10)
         else:
             assert norm["held_bytes"] == 0
         exact = ["<input>", "0.bias", "3.bias"] + (["1.bias"] if trained else [])

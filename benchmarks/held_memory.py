@@ -1,0 +1,423 @@
+"""What a training step really holds for backward, vanilla against compressed, checked against the allocator.
+
+For each setting (model, BatchNorm mode, number of trailing trainable layers)
+one training step is run four ways on the same weights and batch:
+
+- ``vanilla``: plain autograd;
+- ``hooks``: ``compress_activations(model, method, eps, modules=<the trainable layers>)``;
+- ``convert``: ``convert(model, method, eps, layers=<the trainable layers>)``;
+- ``layers-only``: the hook style with ``masks=False`` and the trainable
+  BatchNorms in training mode kept exact, the nearest to what the adapters
+  did before whole-graph compression (kept for comparison).
+
+and reports, per way:
+
+- the bytes the C allocator has in use between the end of forward and the
+  start of backward, minus what it had before the forward and minus the
+  output and loss (the *independent* measure: glibc ``mallinfo2`` on CPU,
+  ``torch.cuda.memory_allocated`` on CUDA);
+- the adapters' own figure, ``stats.held_bytes`` (every saved tensor, each
+  storage once) and its breakdown by what holds the bytes; and for vanilla,
+  a census of every tensor autograd saves (each storage once, parameters
+  excluded) through a counting saved-tensor hook;
+- the layers' own bytes (the paper's accounting);
+- forward and backward milliseconds (median of ``--repeats`` steps);
+- the largest relative error of every gradient outside the compressed
+  layers' weights (and evaluation-mode BatchNorm weights) against vanilla.
+
+Settings: the main job's model (``python -m benchmarks.compare``'s pretrained
+SmallCNN on the digits, batch 128, last 2 and 4 layers) and torchvision's
+resnet18 and mobilenet_v2 (random initialisation, CIFAR-10 images at 224x224
+when ``../shared/data`` or ``--data-root`` has them, batch 16, last 4
+layers), each with the trainable BatchNorms in training and in evaluation
+mode. Run ``python -m benchmarks.held_memory --help`` for the options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import ctypes
+import ctypes.util
+import gc
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tensorcomp.adapters import compress_activations, convert, memory_stats
+
+from ._cli import Parser, UsageError, check_eps, check_methods, check_positive, run_main
+from ._models import FineTuneSetting, build_model
+from ._report import machine_description, save_figure, write_table
+
+PROG = "python -m benchmarks.held_memory"
+RESULTS = Path(__file__).resolve().parent / "results" / "held_memory"
+WAYS = ("vanilla", "hooks", "convert", "layers-only")
+CATEGORIES = ("layer_inputs", "masks", "norm_inputs", "other")
+
+
+# -- the independent measures ------------------------------------------------------
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+    ]
+
+
+def _libc_in_use() -> Callable[[], int] | None:
+    """glibc's bytes in use (small blocks + mmap-ed blocks), or None where glibc's mallinfo2 is missing."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallinfo2 = libc.mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = _MallInfo2
+
+    def in_use() -> int:
+        info = mallinfo2()
+        return int(info.uordblks + info.hblkhd)
+
+    return in_use
+
+
+def allocator_in_use(device: torch.device) -> Callable[[], int]:
+    """Bytes in use as the allocator of ``device`` sees them."""
+    if device.type == "cuda":
+        return lambda: int(torch.cuda.memory_allocated(device))
+    in_use = _libc_in_use()
+    if in_use is None:
+        raise UsageError("the CPU measure needs glibc's mallinfo2 (Linux, glibc >= 2.33); run on CUDA or on such a system")
+    return in_use
+
+
+class SavedCensus(torch.autograd.graph.saved_tensors_hooks):
+    """Every tensor vanilla autograd saves in the context, each storage once, parameters and leaves excluded (bytes)."""
+
+    def __init__(self) -> None:
+        self.storages: dict[int, int] = {}
+        self._keep: list[torch.Tensor] = []
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            if not isinstance(t, nn.Parameter) and not (t.is_leaf and t.requires_grad):
+                base = t._base if t._base is not None else t
+                if not isinstance(base, nn.Parameter):
+                    storage = t.untyped_storage()
+                    self.storages[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        super().__init__(pack, lambda t: t)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self.storages.values())
+
+
+# -- one setting ------------------------------------------------------------------
+
+
+def _prepare(base: nn.Module, k: int, bn: str) -> tuple[nn.Module, list[str]]:
+    model = copy.deepcopy(base)
+    setting = FineTuneSetting(model, k)
+    setting.train()
+    if bn == "eval":
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+    return model, setting.trainable_layers
+
+
+def _gradients(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _approximate(model: nn.Module, layers: Sequence[str], bn: str) -> set[str]:
+    names = {f"{n}.weight" for n in layers}
+    if bn == "eval":
+        names |= {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    return names
+
+
+def run_way(way: str, base: nn.Module, k: int, bn: str, x: torch.Tensor, y: torch.Tensor, method: str, eps: float, repeats: int) -> dict[str, Any]:
+    """One way of running the step: memory (allocator and own figures), time, gradients."""
+    model, layers = _prepare(base, k, bn)
+    device = x.device
+    in_use = allocator_in_use(device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    selects = lambda name, module: name in layers  # noqa: E731
+    if way == "convert":
+        convert(model, method, eps, layers=layers)
+    forward_ms, backward_ms, allocated = [], [], []
+    census = stats = None
+    for step in range(repeats + 1):
+        model.zero_grad(set_to_none=True)
+        gc.collect()
+        sync()
+        before = in_use()
+        t0 = time.perf_counter()
+        if way == "vanilla":
+            census = SavedCensus()
+            with census:
+                out = model(x)
+        elif way == "convert":
+            out = model(x)
+        else:
+            ctx = compress_activations(model, method, eps, modules=selects, masks=way == "hooks")
+            with ctx:
+                out = model(x)
+            stats = ctx.stats
+        loss = F.cross_entropy(out, y)
+        sync()
+        t1 = time.perf_counter()
+        gc.collect()
+        held_alloc = in_use() - before - out.untyped_storage().nbytes() - loss.untyped_storage().nbytes()
+        t2 = time.perf_counter()
+        loss.backward()
+        sync()
+        t3 = time.perf_counter()
+        if step:  # the first step warms allocators, kernels and warm-started methods
+            forward_ms.append((t1 - t0) * 1e3)
+            backward_ms.append((t3 - t2) * 1e3)
+            allocated.append(held_alloc)
+        del out, loss
+    if way == "convert":
+        stats = memory_stats(model)
+    row: dict[str, Any] = {
+        "allocator_bytes": int(statistics.median(allocated)),
+        "forward_ms": round(statistics.median(forward_ms), 2),
+        "backward_ms": round(statistics.median(backward_ms), 2),
+        "gradients": _gradients(model),
+        "approximate": _approximate(model, layers, bn),
+        "layers": layers,
+    }
+    if stats is not None:
+        row["held_bytes"] = stats.held_bytes
+        row["held_original_bytes"] = stats.held_original_bytes
+        row["layers_own_bytes"] = stats.peak_bytes
+        row["layers_own_original_bytes"] = stats.original_bytes
+        row["breakdown"] = stats.held_breakdown
+    else:
+        row["held_bytes"] = census.nbytes
+    return row
+
+
+def run_setting(label: str, base: nn.Module, k: int, bn: str, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace) -> list[dict[str, Any]]:
+    results = {way: run_way(way, base, k, bn, x, y, args.method, args.eps, args.repeats) for way in WAYS}
+    vanilla = results["vanilla"]
+    rows = []
+    for way, r in results.items():
+        errors = [
+            float((r["gradients"][n] - g).norm() / g.norm().clamp_min(1e-30))
+            for n, g in vanilla["gradients"].items()
+            if n not in r["approximate"] and n in r["gradients"]
+        ]
+        row = {
+            "setting": label,
+            "bn": bn,
+            "layers": k,
+            "way": way,
+            "method": "vanilla" if way == "vanilla" else args.method,
+            "eps": None if way == "vanilla" else args.eps,
+            "allocator_MiB": round(r["allocator_bytes"] / 2**20, 3),
+            "held_MiB": round(r["held_bytes"] / 2**20, 3),
+            "held_vs_allocator": round(r["held_bytes"] / r["allocator_bytes"], 3) if r["allocator_bytes"] > 0 else None,
+            "allocator_ratio": round(vanilla["allocator_bytes"] / r["allocator_bytes"], 2) if r["allocator_bytes"] > 0 else None,
+            "held_ratio": round(vanilla["held_bytes"] / r["held_bytes"], 2) if r["held_bytes"] else None,
+            "layers_own_ratio": (
+                round(r["layers_own_original_bytes"] / r["layers_own_bytes"], 1) if r.get("layers_own_bytes") else None
+            ),
+            "forward_ms": r["forward_ms"],
+            "backward_ms": r["backward_ms"],
+            "step_vs_vanilla": round((r["forward_ms"] + r["backward_ms"]) / (vanilla["forward_ms"] + vanilla["backward_ms"]), 2),
+            "max_exact_grad_error": max(errors) if errors else 0.0,
+        }
+        for category in CATEGORIES:
+            part = r.get("breakdown", {}).get(category)
+            row[f"{category}_MiB"] = None if part is None else round(part["held_bytes"] / 2**20, 3)
+            row[f"{category}_original_MiB"] = None if part is None else round(part["original_bytes"] / 2**20, 3)
+        rows.append(row)
+    return rows
+
+
+# -- the settings ------------------------------------------------------------------
+
+
+def main_job_setting(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, torch.Tensor, str]:
+    """The pretrained SmallCNN of ``python -m benchmarks.compare`` and a fine-tuning batch of 128 digits."""
+    from .compare import DEFAULTS, pretrained_setup
+
+    setup_args = argparse.Namespace(
+        dataset="digits", data_root=None, model="smallcnn", image_size=DEFAULTS["digits"]["image_size"],
+        pretrain_epochs=DEFAULTS["digits"]["pretrain_epochs"], batch_size=128, seed=0, device=args.device,
+        limit_train=None,
+    )
+    setup = pretrained_setup(setup_args, progress=not args.no_progress)
+    model = setup.pretrained_model()
+    import numpy as np
+
+    index = np.arange(min(128, len(setup.finetune.labels)))
+    x, y = setup.finetune.batch(index)
+    return model, x, y, f"digits smallcnn (pretrained, top-1 {setup.info['pretrained_top1']}%), batch {len(index)}"
+
+
+def torchvision_setting(name: str, args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, torch.Tensor, str]:
+    from .step_cost import load_image_batch, resolve_images
+
+    data = resolve_images("auto", args.data_root)
+    x, y, source = load_image_batch(data, args.batch, args.image_size, torch.device(args.device))
+    model, _ = build_model(name, 3, 10, seed=0)
+    return model.to(args.device), x, y, f"{name} (random init), {source} at {args.image_size}px, batch {args.batch}"
+
+
+# -- report ---------------------------------------------------------------------------
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    cols = [
+        ("setting", 9), ("bn", 5), ("k", 2), ("way", 11), ("alloc MiB", 9), ("held MiB", 8), ("held/alloc", 10),
+        ("x alloc", 7), ("x held", 6), ("x layers", 8), ("fwd ms", 7), ("bwd ms", 7), ("step x", 6), ("grad err", 8),
+    ]
+    keys = ["setting", "bn", "layers", "way", "allocator_MiB", "held_MiB", "held_vs_allocator", "allocator_ratio",
+            "held_ratio", "layers_own_ratio", "forward_ms", "backward_ms", "step_vs_vanilla", "max_exact_grad_error"]
+    lines = ["  ".join(f"{h:>{w}}" for h, w in cols), "  ".join("-" * w for _, w in cols)]
+    for row in rows:
+        cells = []
+        for (header, width), key in zip(cols, keys):
+            value = row[key]
+            if value is None:
+                text = "-"
+            elif key == "max_exact_grad_error":
+                text = f"{value:.0e}"
+            elif key == "setting":
+                text = str(value).split()[0][:width]
+            else:
+                text = str(value)
+            cells.append(f"{text:>{width}}")
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
+    """Stacked bars: what holds the bytes, as vanilla holds them (originals) and with compression, per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hooks = [r for r in rows if r["way"] == "hooks"]
+    colours = {"layer_inputs": "#4C72B0", "masks": "#DD8452", "norm_inputs": "#55A868", "other": "#8C8C8C"}
+    labels = {"layer_inputs": "conv/linear inputs", "masks": "activation masks, pool indices", "norm_inputs": "normalisation inputs", "other": "other"}
+    fig, axes = plt.subplots(1, len(hooks), figsize=(2.2 * len(hooks) + 1, 3.8), squeeze=False)
+    for ax, row in zip(axes[0], hooks):
+        for i, suffix in enumerate(("_original_MiB", "_MiB")):
+            bottom = 0.0
+            for c in CATEGORIES:
+                value = row[f"{c}{suffix}"] or 0.0
+                ax.bar(i, value, bottom=bottom, color=colours[c], label=labels[c] if i == 0 else None, width=0.6)
+                bottom += value
+            ax.text(i, bottom, f"{bottom:.2f}", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks([0, 1], ["vanilla", "compressed"], fontsize=7)
+        ax.set_title(f"{row['setting'].split()[0]}\nBN {row['bn']}, last {row['layers']}", fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+    axes[0][0].set_ylabel("held for backward (MiB)", fontsize=8)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=4, fontsize=7, bbox_to_anchor=(0.5, -0.06))
+    save_figure(fig, path, title)
+
+
+# -- command line ---------------------------------------------------------------------
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog=PROG,
+        description="Measure what a training step holds for backward, vanilla against the adapters, with the allocator as referee.",
+    )
+    add = parser.add_argument
+    add("--models", nargs="+", default=["smallcnn", "resnet18", "mobilenet_v2"],
+        help="settings to run: smallcnn (the main job's pretrained model), resnet18, mobilenet_v2")
+    add("--method", default="hosvd", help="decomposition of the trainable layers' inputs")
+    add("--eps", type=float, default=0.8, help="energy fraction to keep, in (0, 1]")
+    add("--bn", nargs="+", default=["train", "eval"], choices=["train", "eval"], help="mode of the trainable BatchNorms")
+    add("--layers", nargs="+", type=int, default=None, metavar="K",
+        help="trailing trainable conv/linear layers (default: 2 4 for smallcnn, 4 for the torchvision models)")
+    add("--batch", type=int, default=16, help="batch size of the torchvision settings")
+    add("--image-size", type=int, default=224, help="image side of the torchvision settings")
+    add("--data-root", default=None, metavar="DIR", help="CIFAR-10 folder (default: ../shared/data/cifar10 when present, else the digits)")
+    add("--repeats", type=int, default=3, help="measured steps per way (after one warm-up step)")
+    add("--device", default="cpu", help="cpu or cuda")
+    add("--out", type=Path, default=RESULTS, help="results folder (default: benchmarks/results/held_memory of this checkout)")
+    add("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    check_methods([args.method])
+    check_eps([args.eps])
+    check_positive(batch=args.batch, image_size=args.image_size, repeats=args.repeats)
+    unknown = [m for m in args.models if m not in ("smallcnn", "resnet18", "mobilenet_v2")]
+    if unknown:
+        raise UsageError(f"unknown setting {unknown[0]!r}; choose from smallcnn, resnet18, mobilenet_v2")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
+    if not args.device.startswith("cuda"):
+        allocator_in_use(torch.device("cpu"))
+    rows: list[dict[str, Any]] = []
+    descriptions = {}
+    for name in args.models:
+        if name == "smallcnn":
+            model, x, y, description = main_job_setting(args)
+            ks = args.layers or [2, 4]
+        else:
+            model, x, y, description = torchvision_setting(name, args)
+            ks = args.layers or [4]
+        descriptions[name] = description
+        for bn in args.bn:
+            for k in ks:
+                new = run_setting(description, model, k, bn, x, y, args)
+                rows += new
+                print(format_table(new).split("\n", 2)[2] if rows != new else format_table(new), flush=True)
+    meta = machine_description(args.device, argv if argv is not None else sys.argv[1:])
+    meta.update({
+        "settings": descriptions,
+        "method": args.method,
+        "eps": args.eps,
+        "accounting": {
+            "allocator_MiB": "allocator bytes in use after forward (output and loss excluded) minus before it: glibc mallinfo2 "
+            "(uordblks + hblkhd) on CPU, torch.cuda.memory_allocated on CUDA; median of the measured steps",
+            "held_MiB": "vanilla: every tensor autograd saves, each storage once, parameters excluded (a counting "
+            "saved-tensor hook); others: the adapters' stats.held_bytes",
+            "layers_own_ratio": "the compressed layers' inputs only, uncompressed over stored (the paper's accounting)",
+            "max_exact_grad_error": "largest relative L2 error against vanilla of the gradients outside the compressed "
+            "layers' weights (and evaluation-mode BatchNorm weights)",
+        },
+        "ways": {
+            "hooks": "compress_activations(model, method, eps, modules=<trainable layers>)",
+            "convert": "convert(model, method, eps, layers=<trainable layers>)",
+            "layers-only": "compress_activations(..., masks=False): no bit masks; evaluation-mode BatchNorms still keep "
+            "nothing or a decomposition",
+        },
+    })
+    out = Path(args.out)
+    write_table(out / "held_memory", rows, meta)
+    plot(rows, out / "held_memory.png", f"held for backward, {args.method} eps {args.eps} ({meta['cpu'] if args.device == 'cpu' else meta.get('gpu')})")
+    print(f"\nwritten: {out / 'held_memory.csv'}, {out / 'held_memory.json'}, {out / 'held_memory.png'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(PROG, _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
