@@ -18,9 +18,9 @@ Rule 1. Identity. A *source* is one storage at one version: the storage's
         source and nothing cached for the old contents is ever reused for it.
 Rule 2. Bytes. A source held raw by at least one saver costs its storage's
         bytes, once, however many savers keep it. A source held only in
-        compact forms costs the sum of those forms. The original bytes of a
-        source (what vanilla autograd would keep) are its storage's bytes,
-        once.
+        compact forms costs the sum of those forms. The original bytes (what
+        vanilla autograd would keep) are each storage's bytes, once, whatever
+        the versions of it that are held.
 Rule 3. Raw wins. When a saver keeps a source raw, the compact forms of the
         same source that can use the raw tensor instead (a layer input's
         decomposition) drop their arrays and read the raw tensor: they were
@@ -74,11 +74,12 @@ def _owner(t: torch.Tensor) -> torch.Tensor:
 class _Source:
     """One storage at one version (Rule 1), and who holds it."""
 
-    __slots__ = ("owner", "original", "raw", "raw_category", "raw_tensor", "compact", "adopters", "cache")
+    __slots__ = ("owner", "original", "raw", "raw_category", "raw_tensor", "compact", "adopters", "cache", "storage")
 
-    def __init__(self, owner: torch.Tensor, original: int) -> None:
+    def __init__(self, owner: torch.Tensor, original: int, storage: _Storage) -> None:
         self.owner = weakref.ref(owner)
         self.original = original
+        self.storage = storage
         self.raw = 0
         self.raw_category = "other"
         self.raw_tensor: weakref.ref | None = None
@@ -98,6 +99,18 @@ class _Source:
 
     def alive(self) -> bool:
         return bool(self.raw or self.compact)
+
+
+class _Storage:
+    """One storage, whatever its version: its original bytes count once while any of its sources is held (Rule 2)."""
+
+    __slots__ = ("owner", "nbytes", "alive", "category")
+
+    def __init__(self, owner: torch.Tensor, nbytes: int) -> None:
+        self.owner = weakref.ref(owner)
+        self.nbytes = nbytes
+        self.alive = 0
+        self.category = "other"
 
 
 class _RawHold:
@@ -146,6 +159,7 @@ class HeldLedger:
 
     def __init__(self) -> None:
         self._sources: dict[tuple[int, int], _Source] = {}
+        self._storages: dict[int, _Storage] = {}
         self._held = dict.fromkeys(CATEGORIES, 0)
         self._original = dict.fromkeys(CATEGORIES, 0)
         self._total = 0
@@ -157,7 +171,8 @@ class HeldLedger:
     def source(self, t: torch.Tensor) -> _Source:
         """The source of ``t``'s storage at its current version, made if new."""
         owner = _owner(t)
-        key = (storage_ptr(t) or id(owner), t._version)
+        ptr = storage_ptr(t) or id(owner)
+        key = (ptr, t._version)
         src = self._sources.get(key)
         if src is not None and src.owner() is owner:
             return src
@@ -165,7 +180,11 @@ class HeldLedger:
             # Memory reused while the earlier source is still held in compact form only:
             # the earlier one lives on under a private key.
             self._sources[(id(src), -1)] = src
-        src = _Source(owner, storage_nbytes(t))
+        storage = self._storages.get(ptr)
+        if storage is None or storage.owner() is not owner:
+            storage = _Storage(owner, storage_nbytes(t))
+            self._storages[ptr] = storage
+        src = _Source(owner, storage.nbytes, storage)
         self._sources[key] = src
         return src
 
@@ -173,7 +192,6 @@ class HeldLedger:
     def _change(self, src: _Source, update: Callable[[], None]) -> None:
         before = src.held()
         was_alive = src.alive()
-        first_category = src.raw_category if src.raw else next(iter(src.compact.values()), (0, None))[1]
         update()
         after = src.held()
         for category, nbytes in before.items():
@@ -182,18 +200,19 @@ class HeldLedger:
         for category, nbytes in after.items():
             self._held[category] += nbytes
             self._total += nbytes
-        # The original bytes count once per source, in the category of its first holder.
-        if was_alive and first_category is not None:
-            self._original[first_category] -= src.original
-        if src.alive():
-            category = src.raw_category if src.raw else next(iter(src.compact.values()))[1]
-            self._original[category] += src.original
-        else:
+        # The original bytes count once per storage, in the category of its first holder.
+        storage = src.storage
+        if src.alive() and not was_alive:
+            storage.alive += 1
+            if storage.alive == 1:
+                storage.category = src.raw_category if src.raw else next(iter(src.compact.values()))[1]
+                self._original[storage.category] += storage.nbytes
+        elif was_alive and not src.alive():
+            storage.alive -= 1
+            if storage.alive == 0:
+                self._original[storage.category] -= storage.nbytes
             self._forget(src)
-        if self._total > self._peak_total:
-            self._peak_total = self._total
-            self._peak_held = dict(self._held)
-            self._peak_original = dict(self._original)
+        self._note_peak()
 
     def _forget(self, src: _Source) -> None:
         for key, value in list(self._sources.items()):
@@ -244,6 +263,39 @@ class HeldLedger:
 
         weakref.finalize(holder, release)
         return src
+
+    def hold_original(self, holder: Any, t: torch.Tensor, category: str, nbytes: int | None = None) -> None:
+        """Count what vanilla would keep of ``t`` where ``holder`` keeps nothing of it (or an unrelated form).
+
+        With ``nbytes=None``, ``t``'s storage counts once among the originals
+        while ``holder`` lives (a frozen layer's input, an evaluation-mode
+        norm's input); with ``nbytes``, that many bytes count (a tensor
+        vanilla would make, such as max-pool's int64 indices). No held bytes
+        are added.
+        """
+        if nbytes is not None:
+            def add(delta: int) -> None:
+                self._original[category] += delta
+                self._note_peak()
+
+            add(int(nbytes))
+            weakref.finalize(holder, add, -int(nbytes))
+            return
+        src = self.source(t)
+        ident = id(holder)
+        self._change(src, lambda: src.compact.__setitem__(ident, (0, category)))
+
+        def release() -> None:
+            if ident in src.compact:
+                self._change(src, lambda: src.compact.pop(ident, None))
+
+        weakref.finalize(holder, release)
+
+    def _note_peak(self) -> None:
+        if self._total >= self._peak_total:
+            self._peak_total = self._total
+            self._peak_held = dict(self._held)
+            self._peak_original = dict(self._original)
 
     def release_compact(self, src: _Source, holder: Any) -> None:
         """Drop ``holder``'s compact bytes now (it switched to the raw tensor)."""

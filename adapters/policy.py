@@ -72,6 +72,14 @@ def _no_torch_function() -> Any:
     return torch._C.DisableTorchFunction()
 
 
+def _kept(packed: Packed | None, store: Callable[..., Any], x: torch.Tensor) -> torch.Tensor:
+    """``_keep(packed)``; with nothing stored (a frozen weight), ``x`` is counted among the originals."""
+    token = _keep(packed)
+    if packed is None:
+        store.original(x, token)  # type: ignore[attr-defined]
+    return token
+
+
 def _keep(obj: Any) -> torch.Tensor:
     """An empty tensor carrying ``obj``, for ``ctx.save_for_backward``.
 
@@ -106,7 +114,7 @@ class _Conv2dFunction(torch.autograd.Function):
         ctx.geometry = geometry
         ctx.input_shape = tuple(x.shape)
         ctx.input_dtype = x.dtype
-        ctx.save_for_backward(weight, _keep(packed))
+        ctx.save_for_backward(weight, _kept(packed, store, x))
         return out
 
     @staticmethod
@@ -165,7 +173,7 @@ class _ConvNdFunction(torch.autograd.Function):
         ctx.params = params
         ctx.input_shape = tuple(x.shape)
         ctx.input_dtype = x.dtype
-        ctx.save_for_backward(weight, _keep(packed))
+        ctx.save_for_backward(weight, _kept(packed, store, x))
         return out
 
     @staticmethod
@@ -201,7 +209,7 @@ class _LinearFunction(torch.autograd.Function):
             out = F.linear(xc, wc, bc)
             packed = store(xc) if ctx.needs_input_grad[1] else None
         ctx.input_dtype = x.dtype
-        ctx.save_for_backward(weight, _keep(packed))
+        ctx.save_for_backward(weight, _kept(packed, store, x))
         return out
 
     @staticmethod
@@ -250,15 +258,15 @@ class _MaskFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, compute, inplace, slope, session):  # type: ignore[override]
+    def forward(ctx, x, compute, inplace, slope, box):  # type: ignore[override]
         with _no_torch_function():
             out, mask = compute(x)
+            bits = BitMask(mask)
             if inplace:
                 x.copy_(out)
                 ctx.mark_dirty(x)
                 out = x
-        bits = BitMask(mask)
-        session.hold_compact(bits, bits.nbytes, "masks", out)
+        box.append(bits)  # counted by the caller, once autograd has set the output's version
         ctx.save_for_backward(_keep(bits))
         ctx.slope = slope
         return out
@@ -336,7 +344,7 @@ class _DropoutFunction(torch.autograd.Function):
     """Dropout keeping its keep-mask as bits; backward is ``native_dropout_backward``."""
 
     @staticmethod
-    def forward(ctx, x, p, inplace, session):  # type: ignore[override]
+    def forward(ctx, x, p, inplace, box):  # type: ignore[override]
         with _no_torch_function():
             out, mask = torch.native_dropout(x, p, True)
             if inplace:
@@ -344,7 +352,7 @@ class _DropoutFunction(torch.autograd.Function):
                 ctx.mark_dirty(x)
                 out = x
         bits = BitMask(mask)
-        session.hold_compact(bits, bits.nbytes, "masks", out)
+        box.append(bits)
         ctx.save_for_backward(_keep(bits))
         ctx.scale = 1.0 / (1.0 - p)
         return out
@@ -364,7 +372,9 @@ class _MaxPool2dFunction(torch.autograd.Function):
         with _no_torch_function():
             out, indices = torch.ops.aten.max_pool2d_with_indices(x, kernel_size, stride, padding, dilation, ceil_mode)
             indices = indices.to(narrow_index_dtype(x.shape[-1] * x.shape[-2]))
-        session.hold_compact(indices, indices.numel() * indices.element_size(), "masks", out)
+        # Counted against what vanilla keeps: the pool's input, and int64 indices beside it.
+        session.hold_compact(indices, indices.numel() * indices.element_size(), "masks", x)
+        session.hold_original(indices, x, "masks", indices.numel() * 8)
         ctx.save_for_backward(_keep(indices))
         ctx.args = (kernel_size, stride, padding, dilation, ceil_mode)
         ctx.input_layout = (x.shape, x.stride(), x.dtype, x.device)
@@ -397,7 +407,7 @@ class _NormInput:
     Rule 3, for how one stored form serves several ops).
     """
 
-    __slots__ = ("packed", "from_output", "raw", "hold")
+    __slots__ = ("packed", "from_output", "raw", "hold", "__weakref__")
 
     def __init__(self) -> None:
         self.packed: Packed | None = None
@@ -723,6 +733,10 @@ class Session:
         if self.ledger is not None:
             self.ledger.hold_compact(holder, nbytes, category, source)
 
+    def hold_original(self, holder: Any, t: torch.Tensor, category: str, nbytes: int | None = None) -> None:
+        if self.ledger is not None and not self._not_counted(t):
+            self.ledger.hold_original(holder, t, category, nbytes)
+
     # -- the one place that decides what a layer input keeps --------------------------
     def storer(self, name: str, compressor: Compressor, category: str, *, matrix_view: bool = False, record: bool = True) -> Callable[[torch.Tensor], Packed]:
         """A function storing one input of the layer ``name``: decomposed, reused, or raw."""
@@ -730,6 +744,11 @@ class Session:
         def store(x: torch.Tensor) -> Packed:
             return self._store(x, name, compressor, category, matrix_view, record)
 
+        def original(x: torch.Tensor, holder: Any) -> None:
+            # Nothing of x is kept (a frozen weight needs none): count what vanilla would keep.
+            self.hold_original(holder, x, category)
+
+        store.original = original  # type: ignore[attr-defined]
         return store
 
     def _store(self, x: torch.Tensor, name: str, compressor: Compressor, category: str, matrix_view: bool, record: bool) -> Packed:
@@ -845,7 +864,7 @@ def _linear(session: Session, func, args, kwargs):
         return _LinearFunction.apply(x, weight, bias, dtype, store)
 
 
-def _mask_op(compute_of: Callable[[dict], Callable | None], names, defaults, *, inplace_funcs=(), slope_of=None):
+def _mask_op(compute_of: Callable[[dict], Callable | None], names, defaults, *, inplace_funcs=(), slope_of=None, reads_input=True):
     def handler(session: Session, func, args, kwargs):
         a = _bind(args, kwargs, names, defaults)
         x = a["input"]
@@ -857,7 +876,10 @@ def _mask_op(compute_of: Callable[[dict], Callable | None], names, defaults, *, 
         inplace = func in inplace_funcs or bool(a.get("inplace", False))
         slope = slope_of(a) if slope_of is not None else 0.0
         pending = session.take_pending(x) if slope == 0.0 else None
-        out = _MaskFunction.apply(x, compute, inplace, slope, session)
+        box: list[BitMask] = []
+        out = _MaskFunction.apply(x, compute, inplace, slope, box)
+        # Counted against what vanilla's backward would keep: the output (ReLU) or the input (the others).
+        session.hold_compact(box[0], box[0].nbytes, "masks", out if inplace or not reads_input else x)
         if pending is not None:
             session.resolve_from_output(pending, out)
         return out
@@ -896,7 +918,13 @@ def _dropout(session: Session, func, args, kwargs):
         or not 0.0 < p < 1.0
     ):
         return session.call(func, args, kwargs, "masks")
-    return _DropoutFunction.apply(x, float(p), bool(a["inplace"]), session)
+    box: list[BitMask] = []
+    out = _DropoutFunction.apply(x, float(p), bool(a["inplace"]), box)
+    bits = box[0]
+    session.hold_compact(bits, bits.nbytes, "masks", out)
+    # Vanilla keeps a mask of its own: bool on accelerators, the scaled float noise on the CPU.
+    session.hold_original(bits, out, "masks", bits.shape.numel() * (x.element_size() if x.device.type == "cpu" else 1))
+    return out
 
 
 _POOL_NAMES = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
@@ -930,6 +958,8 @@ def _batch_norm(session: Session, func, args, kwargs):
         if trained and not deferred:
             kept.packed = session.storer(name, compressor, "norm_inputs", record=False)(x)
         out = _BatchNormEvalFunction.apply(x, rm, rv, weight, bias, float(a["eps"]), kept)
+        if kept.packed is None:
+            session.hold_original(kept, x, "norm_inputs")  # vanilla keeps the input
         if deferred:
             session.defer_norm_input(out, x, kept, name, compressor)
         return out
@@ -996,7 +1026,9 @@ _METADATA = frozenset(
     {torch.Tensor.size, torch.Tensor.dim, torch.Tensor.numel, torch.Tensor.__len__, torch.Tensor.is_contiguous, torch.Tensor.stride}
 )
 
-_RELU = _mask_op(lambda a: _relu_compute, ("input", "inplace"), {"inplace": False}, inplace_funcs=(torch.relu_, torch.Tensor.relu_))
+_RELU = _mask_op(
+    lambda a: _relu_compute, ("input", "inplace"), {"inplace": False}, inplace_funcs=(torch.relu_, torch.Tensor.relu_), reads_input=False
+)
 _CLAMP = _mask_op(_clamp_of, ("input", "min", "max"), {"min": None, "max": None}, inplace_funcs=(torch.clamp_, torch.Tensor.clamp_, torch.clip_, torch.Tensor.clip_))
 _HARDTANH = _mask_op(_hardtanh_of, ("input", "min_val", "max_val", "inplace"), {"min_val": -1.0, "max_val": 1.0, "inplace": False}, inplace_funcs=(F.hardtanh_,))
 _RELU6 = _mask_op(lambda a: _hardtanh_compute(0.0, 6.0), ("input", "inplace"), {"inplace": False})

@@ -109,6 +109,19 @@ def test_dropout_keeps_its_mask_as_bits_and_the_gradient_is_the_mask_times_the_s
     assert ctx.stats.held_breakdown["masks"]["held_bytes"] == 8 * 64 // 8
 
 
+def test_dropout_draws_the_masks_vanilla_draws():
+    x = _leaf(16, 64)
+    upstream = torch.randn(16, 64, dtype=DOUBLE, generator=torch.Generator().manual_seed(4))
+    torch.manual_seed(7)
+    expected_out = F.dropout(x, 0.3, training=True)
+    (expected,) = torch.autograd.grad((expected_out * upstream).sum(), x)
+    torch.manual_seed(7)
+    with compress_activations(None):
+        out = F.dropout(x, 0.3, training=True)
+    (got,) = torch.autograd.grad((out * upstream).sum(), x)
+    assert torch.equal(out, expected_out) and torch.equal(got, expected)
+
+
 def test_eval_dropout_and_p_zero_are_vanilla():
     x = _leaf(4, 32)
     with compress_activations(None):
@@ -149,6 +162,41 @@ def test_conv_relu_conv_holds_fewer_bytes_than_the_raw_intermediate():
     assert ctx.stats.held_bytes < intermediate
     # What vanilla keeps: the input (for the first conv) and the ReLU's output (for the ReLU and the second conv), once.
     assert ctx.stats.held_original_bytes == x.numel() * 4 + intermediate
+
+
+def _vanilla_census(model, x):
+    """Bytes of every storage vanilla autograd saves, parameters, buffers and leaves excluded (an independent count)."""
+    storages = {}
+    buffers = {b.untyped_storage().data_ptr() for b in model.buffers()}
+
+    def pack(t):
+        base = t._base if t._base is not None else t
+        ptr = t.untyped_storage().data_ptr()
+        if not isinstance(base, nn.Parameter) and not (base.is_leaf and base.requires_grad) and ptr not in buffers:
+            storages[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x)
+    return sum(storages.values()), out
+
+
+@pytest.mark.parametrize("bn_eval", [False, True])
+def test_held_original_bytes_are_what_vanilla_saves_with_in_place_relus(bn_eval):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(8 * 8 * 8, 4),
+    )
+    if bn_eval:
+        model[1].eval(), model[4].eval()
+    x = torch.randn(8, 3, 16, 16)
+    expected, _ = _vanilla_census(model, x)
+    with compress_activations(model, "hosvd", eps=0.8) as ctx:
+        model(x)
+    assert ctx.stats.held_original_bytes == expected
+    assert ctx.stats.held_bytes < expected / (8 if bn_eval else 1.5)
 
 
 def test_a_storage_kept_raw_by_another_op_is_not_decomposed_as_well():
