@@ -30,8 +30,10 @@ Rule 3. Raw wins. When a saver keeps a source raw, the compact forms of the
         backward, as autograd checks its own saved tensors.
 Rule 4. Lifetime. Each holding is released when the object that holds it
         (the pack hook's record, the compact form) is freed: when backward
-        has used it, or when the graph is dropped. The step's figure is the
-        peak of the live total during the step.
+        has used it, or when the graph is dropped. The step's figures are
+        the peaks during the step of the live held total and of the live
+        original total; the breakdown by category is taken at the end of the
+        forward, when the session stops.
 Rule 5. Not counted: parameters and buffers (they exist before the step and
         after it), leaves one asks gradients for (the network input), and
         views of either. Everything else saved is counted, including casts of
@@ -93,12 +95,21 @@ class _Source:
         if self.raw:
             return {self.raw_category: self.original}
         out: dict[str, int] = {}
-        for nbytes, category in self.compact.values():
+        for nbytes, category, _ in self.compact.values():
             out[category] = out.get(category, 0) + nbytes
         return out
 
     def alive(self) -> bool:
         return bool(self.raw or self.compact)
+
+    def vanilla_keeps(self) -> bool:
+        """Whether what is held stands for a tensor vanilla autograd would keep (its original counts)."""
+        return bool(self.raw) or any(counts for _, _, counts in self.compact.values())
+
+    def category(self) -> str:
+        if self.raw:
+            return self.raw_category
+        return next(c for _, c, counts in self.compact.values() if counts)
 
 
 class _Storage:
@@ -134,9 +145,9 @@ class HeldStep:
     held_bytes : int
         Peak over the step of the bytes held for backward.
     original_bytes : int
-        The same tensors' bytes uncompressed, at that peak.
+        Peak over the step of what vanilla autograd would hold of the same tensors.
     by_category : dict
-        ``{category: {"held_bytes": int, "original_bytes": int}}`` at the peak.
+        ``{category: {"held_bytes": int, "original_bytes": int}}`` at the end of the forward.
     cuda_peak_bytes : int or None
         On CUDA, ``torch.cuda.max_memory_allocated()`` over the step minus
         ``torch.cuda.memory_allocated()`` at its start.
@@ -164,8 +175,8 @@ class HeldLedger:
         self._original = dict.fromkeys(CATEGORIES, 0)
         self._total = 0
         self._peak_total = 0
-        self._peak_held = dict(self._held)
-        self._peak_original = dict(self._original)
+        self._peak_original_total = 0
+        self._originals_made = 0
 
     # -- identity (Rule 1) ---------------------------------------------------
     def source(self, t: torch.Tensor) -> _Source:
@@ -191,7 +202,7 @@ class HeldLedger:
     # -- bookkeeping (Rules 2 and 4) -----------------------------------------
     def _change(self, src: _Source, update: Callable[[], None]) -> None:
         before = src.held()
-        was_alive = src.alive()
+        was_counted = src.vanilla_keeps()
         update()
         after = src.held()
         for category, nbytes in before.items():
@@ -202,15 +213,17 @@ class HeldLedger:
             self._total += nbytes
         # The original bytes count once per storage, in the category of its first holder.
         storage = src.storage
-        if src.alive() and not was_alive:
+        counted = src.vanilla_keeps()
+        if counted and not was_counted:
             storage.alive += 1
             if storage.alive == 1:
-                storage.category = src.raw_category if src.raw else next(iter(src.compact.values()))[1]
+                storage.category = src.category()
                 self._original[storage.category] += storage.nbytes
-        elif was_alive and not src.alive():
+        elif was_counted and not counted:
             storage.alive -= 1
             if storage.alive == 0:
                 self._original[storage.category] -= storage.nbytes
+        if not src.alive():
             self._forget(src)
         self._note_peak()
 
@@ -241,17 +254,29 @@ class HeldLedger:
 
         return _RawHold(t, release)
 
-    def hold_compact(self, holder: Any, nbytes: int, category: str, source: torch.Tensor, adopt: Callable[[torch.Tensor], None] | None = None) -> _Source:
+    def hold_compact(
+        self,
+        holder: Any,
+        nbytes: int,
+        category: str,
+        source: torch.Tensor,
+        adopt: Callable[[torch.Tensor], None] | None = None,
+        *,
+        vanilla_keeps: bool = True,
+    ) -> _Source:
         """Count ``nbytes`` held by ``holder`` (a compact form of ``source``) until ``holder`` is freed.
 
         ``adopt``, if given, is called with the raw tensor when a saver later
         keeps the source raw (Rule 3); the compact bytes are released then.
+        ``vanilla_keeps=False`` for a form of a tensor vanilla would not keep
+        (what it replaces is counted elsewhere): the source's storage then
+        counts among the originals only if another holder stands for it.
         """
         src = self.source(source)
         ident = id(holder)
 
         def add() -> None:
-            src.compact[ident] = (int(nbytes), category)
+            src.compact[ident] = (int(nbytes), category, vanilla_keeps)
             if adopt is not None:
                 src.adopters[ident] = adopt
 
@@ -274,16 +299,12 @@ class HeldLedger:
         are added.
         """
         if nbytes is not None:
-            def add(delta: int) -> None:
-                self._original[category] += delta
-                self._note_peak()
-
-            add(int(nbytes))
-            weakref.finalize(holder, add, -int(nbytes))
+            self.hold_virtual(holder, category, original=nbytes)
             return
         src = self.source(t)
-        ident = id(holder)
-        self._change(src, lambda: src.compact.__setitem__(ident, (0, category)))
+        self._originals_made += 1
+        ident = ("original", id(holder), self._originals_made)  # never the key of the holder's own compact bytes
+        self._change(src, lambda: src.compact.__setitem__(ident, (0, category, True)))
 
         def release() -> None:
             if ident in src.compact:
@@ -291,11 +312,25 @@ class HeldLedger:
 
         weakref.finalize(holder, release)
 
+    def hold_virtual(self, holder: Any, category: str, *, held: int = 0, original: int = 0) -> None:
+        """Count ``held`` bytes kept and ``original`` bytes vanilla would keep, tied to no storage, while ``holder`` lives.
+
+        For a compact form of a tensor vanilla would make itself (the copy of
+        the input an in-place ``hardtanh_`` keeps, max-pool's int64 indices).
+        """
+
+        def add(sign: int) -> None:
+            self._held[category] += sign * int(held)
+            self._total += sign * int(held)
+            self._original[category] += sign * int(original)
+            self._note_peak()
+
+        add(1)
+        weakref.finalize(holder, add, -1)
+
     def _note_peak(self) -> None:
-        if self._total >= self._peak_total:
-            self._peak_total = self._total
-            self._peak_held = dict(self._held)
-            self._peak_original = dict(self._original)
+        self._peak_total = max(self._peak_total, self._total)
+        self._peak_original_total = max(self._peak_original_total, sum(self._original.values()))
 
     def release_compact(self, src: _Source, holder: Any) -> None:
         """Drop ``holder``'s compact bytes now (it switched to the raw tensor)."""
@@ -317,6 +352,6 @@ class HeldLedger:
 
     def summary(self, cuda_peak_bytes: int | None = None) -> HeldStep:
         by_category = {
-            c: {"held_bytes": self._peak_held[c], "original_bytes": self._peak_original[c]} for c in CATEGORIES
+            c: {"held_bytes": self._held[c], "original_bytes": self._original[c]} for c in CATEGORIES
         }
-        return HeldStep(self._peak_total, sum(self._peak_original.values()), by_category, cuda_peak_bytes)
+        return HeldStep(self._peak_total, self._peak_original_total, by_category, cuda_peak_bytes)

@@ -56,9 +56,10 @@ class ActivationMemory:
     steps : list of dict
         For each step, ``{layer name: LayerRecord}`` (the layers' own bytes).
     held_steps : list of HeldStep
-        For each step, the held bytes at the step's peak, their uncompressed
-        size and the breakdown by what holds them (``layer_inputs``,
-        ``masks``, ``norm_inputs``, ``other``).
+        For each step, the peak held bytes, the peak of what vanilla would
+        hold of the same tensors, and the breakdown by what holds them at the
+        end of the forward (``layer_inputs``, ``masks``, ``norm_inputs``,
+        ``other``).
     cuda_max_allocated : list of int
         ``torch.cuda.max_memory_allocated`` over each step, on CUDA (bytes).
     skipped : int
@@ -144,7 +145,7 @@ class ActivationMemory:
 
     @property
     def held_breakdown(self) -> dict[str, dict[str, int]]:
-        """At the step with the largest held bytes: ``{category: {"held_bytes", "original_bytes"}}``.
+        """At the end of the forward of the step with the largest held bytes: ``{category: {"held_bytes", "original_bytes"}}``.
 
         Categories: ``layer_inputs`` (conv and linear inputs), ``masks``
         (activation masks, dropout masks, pooling indices), ``norm_inputs``

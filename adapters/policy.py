@@ -663,7 +663,7 @@ class Session:
         as held (what is finally kept is). Norm outputs nobody reads in the
         forward are resolved when the session stops.
         """
-        kept.raw = x.detach()
+        kept.raw = x  # the tensor itself, not a detached alias: the ledger knows a storage by its owner (Rule 1)
         self._pending[id(out)] = (weakref.ref(out), kept, name, compressor)
 
     def take_pending(self, t: torch.Tensor) -> tuple | None:
@@ -677,7 +677,8 @@ class Session:
         """The norm's output went through a ReLU-like op into ``r``: keep ``r``'s stored form, shared with the next layer."""
         _, kept, name, compressor = entry
         kept.raw = kept.hold = None  # the input is not needed: released before anything new is stored
-        kept.packed = self._store(r, name, compressor, "norm_inputs", False, False)
+        # Vanilla keeps the norm's input (counted already), not r: r's storage counts only if a later layer keeps it.
+        kept.packed = self._store(r, name, compressor, "norm_inputs", False, False, vanilla_keeps=False)
         kept.from_output = True
 
     def _resolve_from_input(self, entry: tuple) -> None:
@@ -733,6 +734,10 @@ class Session:
         if self.ledger is not None:
             self.ledger.hold_compact(holder, nbytes, category, source)
 
+    def hold_virtual(self, holder: Any, category: str, *, held: int = 0, original: int = 0) -> None:
+        if self.ledger is not None:
+            self.ledger.hold_virtual(holder, category, held=held, original=original)
+
     def hold_original(self, holder: Any, t: torch.Tensor, category: str, nbytes: int | None = None) -> None:
         if self.ledger is not None and not self._not_counted(t):
             self.ledger.hold_original(holder, t, category, nbytes)
@@ -751,7 +756,9 @@ class Session:
         store.original = original  # type: ignore[attr-defined]
         return store
 
-    def _store(self, x: torch.Tensor, name: str, compressor: Compressor, category: str, matrix_view: bool, record: bool) -> Packed:
+    def _store(
+        self, x: torch.Tensor, name: str, compressor: Compressor, category: str, matrix_view: bool, record: bool, vanilla_keeps: bool = True
+    ) -> Packed:
         ledger = self.ledger
         # The source is looked up on the tensor itself: a detached alias is a new Python object (Rule 1).
         src = ledger.source(x) if ledger is not None else None
@@ -764,6 +771,9 @@ class Session:
             cached = src.cache.get(key)
             packed = cached() if cached is not None else None
             if packed is not None:
+                if vanilla_keeps and ledger is not None:
+                    # This saver stands for a tensor vanilla keeps: the storage counts among the originals.
+                    self.hold_original(packed, original, category)
                 if record and not packed.recorded:
                     # Stored first for another op (an eval-mode norm before a ReLU): the layer's own record.
                     packed.recorded = True
@@ -797,7 +807,7 @@ class Session:
                         alive.adopt(raw_tensor)
                         ledger.release_compact(src, alive)
 
-                ledger.hold_compact(packed, packed.nbytes, category, original, adopt=adopt)
+                ledger.hold_compact(packed, packed.nbytes, category, original, adopt=adopt, vanilla_keeps=vanilla_keeps)
                 src.cache[key] = weakref.ref(packed)
         return packed
 
@@ -864,7 +874,11 @@ def _linear(session: Session, func, args, kwargs):
         return _LinearFunction.apply(x, weight, bias, dtype, store)
 
 
-def _mask_op(compute_of: Callable[[dict], Callable | None], names, defaults, *, inplace_funcs=(), slope_of=None, reads_input=True):
+def _mask_op(
+    compute_of: Callable[[dict], Callable | None], names, defaults, *, inplace_funcs=(), slope_of=None, reads_input=True, clones=True
+):
+    """The handler of a mask op; ``clones``: vanilla's in-place variant keeps a copy of the input (hardtanh_, clamp_, threshold_)."""
+
     def handler(session: Session, func, args, kwargs):
         a = _bind(args, kwargs, names, defaults)
         x = a["input"]
@@ -879,7 +893,13 @@ def _mask_op(compute_of: Callable[[dict], Callable | None], names, defaults, *, 
         box: list[BitMask] = []
         out = _MaskFunction.apply(x, compute, inplace, slope, box)
         # Counted against what vanilla's backward would keep: the output (ReLU) or the input (the others).
-        session.hold_compact(box[0], box[0].nbytes, "masks", out if inplace or not reads_input else x)
+        bits = box[0]
+        if inplace and reads_input and clones:
+            # Vanilla's in-place variant keeps a copy of the input, not the output: the mask replaces that copy.
+            session.hold_virtual(bits, "masks", held=bits.nbytes, original=out.numel() * out.element_size())
+        else:
+            # Counted against what vanilla's backward keeps: the output (ReLU, in-place LeakyReLU) or the input.
+            session.hold_compact(bits, bits.nbytes, "masks", out if inplace or not reads_input else x)
         if pending is not None:
             session.resolve_from_output(pending, out)
         return out
@@ -1038,6 +1058,7 @@ _LEAKY = _mask_op(
     {"negative_slope": 0.01, "inplace": False},
     inplace_funcs=(F.leaky_relu_,),
     slope_of=lambda a: float(a["negative_slope"]),
+    clones=False,  # leaky_relu_ keeps its result
 )
 _THRESHOLD = _mask_op(
     lambda a: _threshold_compute(a["threshold"], a["value"]) if _number(a["threshold"]) and _number(a["value"]) else None,

@@ -21,6 +21,15 @@ and checks that the gradient with respect to the network's input is
 unchanged: compression only touches what a layer stores to compute its
 *weight* gradient; the gradient it passes on needs only its weight.
 
+With ``--norm-inputs compress`` it also measures what that option costs:
+the trainable part runs with its normalisation layers in *training* mode,
+once keeping their inputs exactly (the default) and once decomposed
+(``convert(..., norm_inputs="compress")``), and ``norm_inputs.csv`` reports
+the relative error of the network input's gradient and of every trainable
+parameter's gradient against vanilla, for each ``eps``: with exact norm
+inputs only the converted layers' weights move; with compressed ones the
+error reaches everything below the first normalisation.
+
 Outputs ``results.csv``/``results.json`` and ``snr.png`` under
 ``benchmarks/results/gradient_snr/``. Default: the embedded digits and the
 small CNN, every layer, HOSVD and SVD (seconds on a CPU).
@@ -63,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--eps", nargs="+", type=float, default=list(DEFAULT_EPS), help="energy fractions kept, in (0, 1)")
     add("--layers", default="all", help="number k of trailing conv/linear layers converted, or 'all'")
     add("--batches", type=int, default=2, help="training batches averaged over")
+    add("--norm-inputs", choices=["exact", "compress"], default="exact",
+        help="with 'compress', also measure the gradient error of decomposing training-mode normalisation inputs "
+        "(norm_inputs.csv)")
     add_setup_arguments(parser)
     add("--out", type=Path, default=RESULTS, help="results folder (default: benchmarks/results/gradient_snr of this checkout)")
     return parser
@@ -143,6 +155,43 @@ def measure(setup: Any, methods: Sequence[str], eps_values: Sequence[float], k: 
                     "activation_snr": round(1.0 / max(1.0 - kept_energy, 1e-12), 3),
                     "input_grad_max_rel_diff": float(f"{input_diff:.3g}"),
                 })
+    return rows
+
+
+def _all_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_(True)
+    F.cross_entropy(model(x), y).backward()
+    grads = {n: p.grad.detach().double().clone() for n, p in model.named_parameters() if p.grad is not None}
+    grads["<input>"] = x.grad.detach().double()
+    return grads
+
+
+def measure_norm_inputs(setup: Any, method: str, eps_values: Sequence[float], k: int | None, batch_size: int, seed: int) -> list[dict[str, Any]]:
+    """Relative gradient errors with training-mode normalisation inputs kept exactly and decomposed."""
+    base = setup.pretrained_model()
+    k = k or len(candidate_layers(base))
+    names = FineTuneSetting(copy.deepcopy(base), k).trainable_layers
+    order = torch.randperm(len(setup.finetune), generator=torch.Generator().manual_seed(seed))
+    x, y = setup.finetune.batch(order[:batch_size])
+
+    def fresh() -> nn.Module:
+        model = copy.deepcopy(base)
+        FineTuneSetting(model, k).train()  # the trainable part's norms in training mode
+        return model
+
+    exact = _all_gradients(fresh(), x, y)
+    rows = []
+    for eps in eps_values:
+        for option in ("exact", "compress"):
+            model = fresh()
+            convert(model, method, eps, layers=names, norm_inputs=option)
+            got = _all_gradients(model, x, y)
+            for name, g in exact.items():
+                error = float((got[name] - g).norm() / g.norm().clamp_min(1e-30))
+                kind = "input" if name == "<input>" else ("layer weight" if name.rsplit(".", 1)[0] in names and name.endswith("weight") else "other")
+                rows.append({"method": method, "eps": eps, "norm_inputs": option, "gradient": name, "kind": kind,
+                             "relative_error": float(f"{error:.3g}")})
     return rows
 
 
@@ -227,6 +276,21 @@ def _main(argv: Sequence[str] | None) -> int:
     print(f"measured SNR >= 1/(1-kept)^2 (kept: the energy the decomposition actually kept) in {above_kept} of {len(rows)}")
     print(f"largest relative change of the input gradient: {worst:.2e}")
     print(f"written: {args.out / 'results.csv'}, {args.out / 'results.json'}, {args.out / 'snr.png'}")
+    if args.norm_inputs == "compress":
+        norm_rows = measure_norm_inputs(setup, args.methods[0], args.eps, k, args.batch_size, args.seed)
+        meta_norm = dict(meta)
+        meta_norm["measure"] = (
+            "relative L2 error of each gradient against vanilla, one batch, the trainable part's normalisation layers "
+            "in training mode; norm_inputs=exact keeps their inputs, compress decomposes them"
+        )
+        write_table(args.out / "norm_inputs", norm_rows, meta_norm)
+        print(f"\n{'eps':>5} {'norm inputs':>11} {'input grad':>11} {'worst other':>12} {'worst layer weight':>19}")
+        for eps in args.eps:
+            for option in ("exact", "compress"):
+                sel = [r for r in norm_rows if r["eps"] == eps and r["norm_inputs"] == option]
+                worst = lambda kind: max((r["relative_error"] for r in sel if r["kind"] == kind), default=0.0)  # noqa: E731
+                print(f"{eps:>5g} {option:>11} {worst('input'):>11.2e} {worst('other'):>12.2e} {worst('layer weight'):>19.2e}")
+        print(f"written: {args.out / 'norm_inputs.csv'}, {args.out / 'norm_inputs.json'}")
     return 0
 
 

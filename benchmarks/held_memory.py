@@ -101,17 +101,22 @@ def allocator_in_use(device: torch.device) -> Callable[[], int]:
 
 
 class SavedCensus(torch.autograd.graph.saved_tensors_hooks):
-    """Every tensor vanilla autograd saves in the context, each storage once, parameters and leaves excluded (bytes)."""
+    """Every tensor vanilla autograd saves in the context, each storage once (bytes).
 
-    def __init__(self) -> None:
+    Parameters, ``model``'s buffers and leaves that require grad (and views
+    of them) are left out, as the adapters' ``held_bytes`` leaves them out:
+    they exist before the step and after it.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
         self.storages: dict[int, int] = {}
-        self._keep: list[torch.Tensor] = []
+        buffers = {b.untyped_storage().data_ptr() for b in model.buffers()}
 
         def pack(t: torch.Tensor) -> torch.Tensor:
-            if not isinstance(t, nn.Parameter) and not (t.is_leaf and t.requires_grad):
-                base = t._base if t._base is not None else t
-                if not isinstance(base, nn.Parameter):
-                    storage = t.untyped_storage()
+            base = t._base if t._base is not None else t
+            if not isinstance(base, nn.Parameter) and not (base.is_leaf and base.requires_grad):
+                storage = t.untyped_storage()
+                if storage.data_ptr() not in buffers:
                     self.storages[storage.data_ptr()] = storage.nbytes()
             return t
 
@@ -166,7 +171,7 @@ def run_way(way: str, base: nn.Module, k: int, bn: str, x: torch.Tensor, y: torc
         before = in_use()
         t0 = time.perf_counter()
         if way == "vanilla":
-            census = SavedCensus()
+            census = SavedCensus(model)
             with census:
                 out = model(x)
         elif way == "convert":
@@ -397,8 +402,8 @@ def _main(argv: Sequence[str] | None) -> int:
         "accounting": {
             "allocator_MiB": "allocator bytes in use after forward (output and loss excluded) minus before it: glibc mallinfo2 "
             "(uordblks + hblkhd) on CPU, torch.cuda.memory_allocated on CUDA; median of the measured steps",
-            "held_MiB": "vanilla: every tensor autograd saves, each storage once, parameters excluded (a counting "
-            "saved-tensor hook); others: the adapters' stats.held_bytes",
+            "held_MiB": "vanilla: every tensor autograd saves, each storage once, parameters and buffers excluded (a "
+            "counting saved-tensor hook); others: the adapters' stats.held_bytes",
             "layers_own_ratio": "the compressed layers' inputs only, uncompressed over stored (the paper's accounting)",
             "max_exact_grad_error": "largest relative L2 error against vanilla of the gradients outside the compressed "
             "layers' weights (and evaluation-mode BatchNorm weights)",

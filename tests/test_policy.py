@@ -181,18 +181,23 @@ def _vanilla_census(model, x):
     return sum(storages.values()), out
 
 
+@pytest.mark.parametrize("act", [nn.ReLU, nn.ReLU6])
 @pytest.mark.parametrize("bn_eval", [False, True])
-def test_held_original_bytes_are_what_vanilla_saves_with_in_place_relus(bn_eval):
+def test_held_original_bytes_are_what_vanilla_saves_with_in_place_activations(bn_eval, act):
+    # In-place ReLU6 keeps a copy of its input in vanilla autograd, in-place ReLU its output.
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
-        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(8 * 8 * 8, 4),
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), act(inplace=True),
+        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), act(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), act(inplace=True), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Dropout(0.3), nn.Linear(8, 4),
     )
     if bn_eval:
-        model[1].eval(), model[4].eval()
+        model[1].eval(), model[4].eval(), model[8].eval()
     x = torch.randn(8, 3, 16, 16)
+    torch.manual_seed(1)
     expected, _ = _vanilla_census(model, x)
+    torch.manual_seed(1)
     with compress_activations(model, "hosvd", eps=0.8) as ctx:
         model(x)
     assert ctx.stats.held_original_bytes == expected
@@ -536,3 +541,58 @@ def test_models_keep_every_gradient_outside_the_compressed_weights_exact_in_both
                     error = (got[pname] - expected[pname]).norm() / expected[pname].norm().clamp_min(1e-300)
                     assert error <= 1e-9, f"{style} eps={eps} {pname}: relative error {error:.2e}"
     assert held["hooks", 0.5] == held["convert", 0.5]
+
+
+# -- regressions: warm starts across shapes, a second backward ---------------------
+
+
+def _small_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 4)).double()
+
+
+@pytest.mark.parametrize("style", ["hooks", "convert"])
+def test_subspace_after_a_short_batch_is_exact_again_on_full_batches(style):
+    reference = _small_net()
+    model = _small_net()
+    ctx = None
+    if style == "convert":
+        convert(model, "subspace", eps=1.0, min_numel=1)
+    else:
+        ctx = compress_activations(model, "subspace", eps=1.0, min_numel=1)
+    g = torch.Generator().manual_seed(5)
+    for n in (8, 8, 3, 8):
+        x = torch.randn(n, 3, 8, 8, dtype=DOUBLE, generator=g)
+        expected = _all_grads(reference, x.clone().requires_grad_(True))
+        got = _all_grads(model, x.clone().requires_grad_(True), ctx)
+        for name in expected:
+            error = (got[name] - expected[name]).norm() / expected[name].norm()
+            assert error < 1e-8, f"batch of {n}, {name}: relative error {error:.2e}"
+
+
+def test_a_linear_fed_two_and_three_dimensional_inputs_warm_starts_each_shape_apart():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8)).double()
+    convert(model, "subspace", eps=0.9, min_numel=1)
+    for shape in ((32, 16), (4, 8, 16), (32, 16), (4, 8, 16)):
+        model(torch.randn(*shape, dtype=DOUBLE)).sum().backward()
+    assert memory_stats(model).num_steps == 4
+
+
+@pytest.mark.parametrize("style", ["hooks", "convert"])
+def test_a_second_backward_with_retain_graph_gives_the_same_gradients(style):
+    model = _chain()
+    x = _leaf(2, 3, 8, 8)
+    if style == "convert":
+        convert(model, "hosvd", eps=0.7, min_numel=1)
+        out = model(x)
+    else:
+        with compress_activations(model, "hosvd", eps=0.7, min_numel=1):
+            out = model(x)
+    loss = out.square().sum()
+    first = torch.autograd.grad(loss, [x, *model.parameters()], retain_graph=True)
+    second = torch.autograd.grad(loss, [x, *model.parameters()])
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    with pytest.raises(RuntimeError, match="second time|freed"):
+        torch.autograd.grad(loss, x)
