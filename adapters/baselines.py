@@ -274,23 +274,26 @@ def patch_mean(x: torch.Tensor, patch: int) -> PatchMeans:
     return PatchMeans(means, patch, tuple(x.shape), _explained(total - kept, total))
 
 
-def _gradient_filter(patch: int):
-    def gradient_filter(x: torch.Tensor, eps: float = 0.9) -> PatchMeans | StoredTensor:
-        x = _check_tensor(x, f"gradfilter_r{patch}")
+class _GradientFilter:
+    """Gradient filtering with ``R x R`` patches, as a picklable callable (a converted model can be saved)."""
+
+    def __init__(self, patch: int) -> None:
+        self.patch = patch
+        self.__name__ = f"gradfilter_r{patch}"
+        self.__doc__ = (
+            f"Gradient filtering with {patch} x {patch} patches: :func:`patch_mean` of a 4-D activation; "
+            "any other order is stored as is. ``eps`` is ignored."
+        )
+
+    def __call__(self, x: torch.Tensor, eps: float = 0.9) -> PatchMeans | StoredTensor:
+        x = _check_tensor(x, self.__name__)
         if x.dim() != 4:
             # Gradient filtering is defined on the spatial maps of 2-D
             # convolutions; other activations (linear layers' tokens x
             # features, 1-D signals) are kept exact rather than averaged
             # along an axis whose neighbours need not be alike.
             return StoredTensor(x, x.device)
-        return patch_mean(x, patch)
-
-    gradient_filter.__name__ = f"gradfilter_r{patch}"
-    gradient_filter.__doc__ = (
-        f"Gradient filtering with {patch} x {patch} patches: :func:`patch_mean` of a 4-D activation; "
-        "any other order is stored as is. ``eps`` is ignored."
-    )
-    return gradient_filter
+        return patch_mean(x, self.patch)
 
 
 # -- quantization --------------------------------------------------------------
@@ -485,13 +488,16 @@ def quantize(
     )
 
 
-def _quantizer(bits: int):
-    def quantizer(x: torch.Tensor, eps: float = 0.9, *, group_size: int = 256, generator: torch.Generator | None = None) -> QuantizedTensor:
-        return quantize(x, bits, group_size, generator=generator)
+class _Quantizer:
+    """:func:`quantize` at a fixed number of bits, as a picklable callable (a converted model can be saved)."""
 
-    quantizer.__name__ = f"quant{bits}"
-    quantizer.__doc__ = f":func:`quantize` with {bits}-bit codes. ``eps`` is ignored."
-    return quantizer
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+        self.__name__ = f"quant{bits}"
+        self.__doc__ = f":func:`quantize` with {bits}-bit codes. ``eps`` is ignored."
+
+    def __call__(self, x: torch.Tensor, eps: float = 0.9, *, group_size: int = 256, generator: torch.Generator | None = None) -> QuantizedTensor:
+        return quantize(x, self.bits, group_size, generator=generator)
 
 
 def _register(name: str, fn: Any) -> None:
@@ -499,14 +505,14 @@ def _register(name: str, fn: Any) -> None:
     # and, from a source checkout, ``adapters.baselines``): replace only our own entries,
     # never a user's method of the same name.
     existing = get_method(name) if name in available_methods() else None
-    ours = getattr(existing, "__module__", "").endswith("adapters.baselines")
+    ours = (getattr(existing, "__module__", None) or type(existing).__module__).endswith("adapters.baselines")
     register(name, fn, overwrite=ours)
 
 
 _register("vanilla", _vanilla)
 _register("save_on_cpu", _save_on_cpu)
 for _patch in (2, 4, 7):
-    _register(f"gradfilter_r{_patch}", _gradient_filter(_patch))
+    _register(f"gradfilter_r{_patch}", _GradientFilter(_patch))
 for _bits in (8, 4, 2):
-    _register(f"quant{_bits}", _quantizer(_bits))
+    _register(f"quant{_bits}", _Quantizer(_bits))
 del _patch, _bits

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,7 @@ from torch import nn
 
 from ._compress import Compressor
 from .memory import ActivationMemory
-from .policy import NORM_INPUTS, Session, unpack_saved
+from .policy import NORM_INPUTS, Session, active_session, unpack_saved
 
 __all__ = ["compress_activations"]
 
@@ -154,7 +155,18 @@ class compress_activations(torch.autograd.graph.saved_tensors_hooks):
     -----
     RuntimeWarning
         Once per object, when a layer input holds NaN or Inf (it is kept as
-        is; backward runs as without compression).
+        is; backward runs as without compression); once per object, when it
+        is entered inside another active context or a converted model's
+        forward (only the innermost one applies there).
+
+    Notes
+    -----
+    Not supported: double backward (``create_graph=True``; the policy's
+    functions are ``once_differentiable``: run that step without the
+    context), :func:`torch.func.grad` and :func:`torch.compile` (PyTorch's
+    saved-tensor hooks save no memory under compilation, pytorch#148222).
+    Another saved-tensor hook entered *inside* the context (``save_on_cpu``)
+    replaces this one's counting for the tensors saved there.
 
     Examples
     --------
@@ -203,6 +215,7 @@ class compress_activations(torch.autograd.graph.saved_tensors_hooks):
         self.stats = stats if stats is not None else ActivationMemory()
         self.masks = masks
         self._session: Session | None = None
+        self._warned_nested = False
 
         def pack(tensor: torch.Tensor) -> Any:
             session = self._session
@@ -213,6 +226,14 @@ class compress_activations(torch.autograd.graph.saved_tensors_hooks):
     def __enter__(self) -> compress_activations:
         if self._session is not None:
             raise RuntimeError("this compress_activations context is already active; it cannot be nested in itself")
+        if active_session() is not None and not self._warned_nested:
+            self._warned_nested = True
+            warnings.warn(
+                "compress_activations entered inside another active compress_activations (or a converted model's "
+                "forward): only the innermost one decides what is kept inside it; the outer one sees nothing there",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         session = Session(
             self.compressor,
             self.stats,

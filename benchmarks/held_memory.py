@@ -40,6 +40,7 @@ import copy
 import ctypes
 import ctypes.util
 import gc
+import re
 import statistics
 import sys
 import time
@@ -375,6 +376,8 @@ def _main(argv: Sequence[str] | None) -> int:
     unknown = [m for m in args.models if m not in ("smallcnn", "resnet18", "mobilenet_v2")]
     if unknown:
         raise UsageError(f"unknown setting {unknown[0]!r}; choose from smallcnn, resnet18, mobilenet_v2")
+    if args.device not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", args.device):
+        raise UsageError(f"unknown device {args.device!r}; choose cpu, cuda or cuda:N")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
     if not args.device.startswith("cuda"):

@@ -58,8 +58,10 @@ class SVDResult(_Summary, CPTensor):
 
     Attributes
     ----------
-    original_shape : tuple of int
-        Shape of the decomposed tensor.
+    original_shape, shape : tuple of int
+        Shape of the decomposed tensor (what :meth:`to_tensor` returns).
+    matrix_shape : tuple of int
+        ``(shape[0], prod(shape[1:]))``, the matrix the SVD factors.
     explained_variance : float
         Achieved fraction of the energy kept.
     """
@@ -67,6 +69,9 @@ class SVDResult(_Summary, CPTensor):
     def __init__(self, weights: Any, factors: list[Any], *, original_shape: tuple[int, ...], explained_variance: float):
         CPTensor.__init__(self, (weights, factors))
         self.original_shape = tuple(original_shape)
+        self.matrix_shape = tuple(self.shape)
+        # The tensor it stands for, as repr and to_tensor() say; the matrix view is matrix_shape.
+        self.shape = self.original_shape
         self.explained_variance = float(explained_variance)
 
     def _stored_arrays(self) -> list[Any]:

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("torchvision")
 pytest.importorskip("matplotlib")
 
-SCRIPTS = ["compare", "gradient_snr", "rank_evolution", "step_cost", "decomposition_speed"]
+SCRIPTS = ["compare", "gradient_snr", "rank_evolution", "step_cost", "decomposition_speed", "held_memory"]
 
 
 def _main(script):
@@ -61,6 +61,11 @@ def _assert_usage_error(script, argv, names, capsys, tmp_path):
         ("step_cost", ["--sizes", "0"], ["--sizes"]),
         ("step_cost", ["--models", "vgg"], ["vgg", "resnet18"]),
         ("step_cost", ["--dataset", "cifar10", "--data-root", "/nonexistent/cifar"], ["/nonexistent/cifar"]),
+        ("held_memory", ["--models", "vgg"], ["vgg", "resnet18"]),
+        ("held_memory", ["--method", "nope"], ["nope", "hosvd"]),
+        ("held_memory", ["--repeats", "0"], ["--repeats"]),
+        ("held_memory", ["--bn", "frozen"], ["frozen", "eval"]),
+        ("held_memory", ["--device", "tpu"], ["tpu", "cpu"]),
     ],
 )
 def test_script_specific_bad_input_names_what_is_wrong(script, argv, names, capsys, tmp_path):

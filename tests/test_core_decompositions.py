@@ -514,3 +514,11 @@ def test_rank_for_energy_agrees_with_the_written_out_rule(energies, eps):
     assert tensorcomp.rank_for_energy(energies, eps) == eps_rank(np.sqrt(energies), eps)
     # eps = 1 keeps everything, even components of zero energy (exact reconstruction).
     assert tensorcomp.rank_for_energy(energies, 1.0) == len(energies)
+
+
+def test_svd_result_shape_is_the_tensor_it_stands_for():
+    x = np.random.default_rng(0).standard_normal((4, 3, 2))
+    res = tensorcomp.svd(x, eps=0.9)
+    assert res.shape == (4, 3, 2) == res.to_tensor().shape == res.original_shape
+    assert res.matrix_shape == (4, 6)
+    assert "shape=(4, 3, 2)" in repr(res)

@@ -1,6 +1,7 @@
 """The whole-graph policy: exact compact forms, layer inputs recognised by identity, held bytes, both styles."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -596,3 +597,28 @@ def test_a_second_backward_with_retain_graph_gives_the_same_gradients(style):
         assert torch.equal(a, b)
     with pytest.raises(RuntimeError, match="second time|freed"):
         torch.autograd.grad(loss, x)
+
+
+def test_a_nested_context_warns_once_that_only_the_innermost_applies():
+    model = _chain()
+    x = _leaf(2, 3, 8, 8)
+    inner = compress_activations(model, "hosvd", eps=0.8)
+    with compress_activations(model, "svd", eps=0.8):
+        with pytest.warns(RuntimeWarning, match="only the innermost"):
+            with inner:
+                model(x)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with inner:
+                model(x)
+
+
+@pytest.mark.parametrize("method", ["quant8", "gradfilter_r2", "hosvd"])
+def test_a_converted_model_can_be_saved_and_loaded(method, tmp_path):
+    model = convert(_chain(), method, eps=0.8, min_numel=1)
+    x = _leaf(2, 3, 8, 8)
+    model(x).sum().backward()
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    loaded(x).sum().backward()
+    assert memory_stats(loaded).num_steps == 2
