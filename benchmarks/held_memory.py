@@ -277,8 +277,28 @@ def main_job_setting(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor,
 
 
 def torchvision_setting(name: str, args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, torch.Tensor, str]:
-    from .step_cost import load_image_batch, resolve_images
+    """A torchvision model, random or (``--pretrain-epochs``) pretrained on setup B's first half, and a batch."""
+    from .step_cost import DEFAULT_CIFAR, load_image_batch, resolve_images
 
+    if args.pretrain_epochs:
+        from .compare import pretrained_setup
+
+        root = args.data_root or (str(DEFAULT_CIFAR) if DEFAULT_CIFAR.is_dir() else None)
+        if root is None:
+            raise UsageError("--pretrain-epochs needs CIFAR-10: pass --data-root DIR")
+        setup_args = argparse.Namespace(
+            dataset="cifar10", data_root=root, model=name, image_size=args.image_size, pretrain_epochs=args.pretrain_epochs,
+            batch_size=128, seed=0, device=args.device, limit_train=args.limit_train,
+        )
+        setup = pretrained_setup(setup_args, limit_test=1000, progress=not args.no_progress)
+        import numpy as np
+
+        x, y = setup.finetune.batch(np.arange(min(args.batch, len(setup.finetune))))
+        top1 = setup.info["pretrained_top1"]
+        return setup.pretrained_model(), x, y, (
+            f"{name} (pretrained on setup B's first half of {setup.info['train_images']} CIFAR-10 images, "
+            f"{args.pretrain_epochs} epochs, top-1 {top1}%) at {args.image_size}px, batch {len(x)}"
+        )
     data = resolve_images("auto", args.data_root)
     x, y, source = load_image_batch(data, args.batch, args.image_size, torch.device(args.device))
     model, _ = build_model(name, 3, 10, seed=0)
@@ -361,6 +381,10 @@ def build_parser() -> Parser:
     add("--batch", type=int, default=16, help="batch size of the torchvision settings")
     add("--image-size", type=int, default=224, help="image side of the torchvision settings")
     add("--data-root", default=None, metavar="DIR", help="CIFAR-10 folder (default: ../shared/data/cifar10 when present, else the digits)")
+    add("--pretrain-epochs", type=int, default=0, metavar="N",
+        help="pretrain the torchvision models on setup B's first half of CIFAR-10 for N epochs (cached) instead of "
+        "measuring them at random initialisation (default: 0, random)")
+    add("--limit-train", type=int, default=None, metavar="N", help="with --pretrain-epochs: use N CIFAR-10 training images")
     add("--repeats", type=int, default=3, help="measured steps per way (after one warm-up step)")
     add("--device", default="cpu", help="cpu or cuda")
     add("--out", type=Path, default=RESULTS, help="results folder (default: benchmarks/results/held_memory of this checkout)")
@@ -372,7 +396,9 @@ def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     check_methods([args.method])
     check_eps([args.eps])
-    check_positive(batch=args.batch, image_size=args.image_size, repeats=args.repeats)
+    check_positive(batch=args.batch, image_size=args.image_size, repeats=args.repeats, limit_train=args.limit_train)
+    if args.pretrain_epochs < 0:
+        raise UsageError(f"--pretrain-epochs must be non-negative; got {args.pretrain_epochs}")
     unknown = [m for m in args.models if m not in ("smallcnn", "resnet18", "mobilenet_v2")]
     if unknown:
         raise UsageError(f"unknown setting {unknown[0]!r}; choose from smallcnn, resnet18, mobilenet_v2")
