@@ -8,6 +8,7 @@ and the compressed layers both hold a :class:`Compressor` and store the
 from __future__ import annotations
 
 import inspect
+import numbers
 import warnings
 from collections.abc import Hashable
 from typing import Any
@@ -83,6 +84,12 @@ class Packed:
         return self.result.to_tensor().reshape(self.shape).to(self.dtype)
 
 
+def _is_per_mode(rank: Any, order: int) -> bool:
+    return isinstance(rank, (tuple, list)) and len(rank) == order and all(
+        isinstance(r, numbers.Integral) and not isinstance(r, bool) for r in rank
+    )
+
+
 class Compressor:
     """Compress activations with a registered method, keeping per-layer warm-start state.
 
@@ -150,8 +157,11 @@ class Compressor:
                 previous, calls = self._previous[key]
                 if self.refresh_every is None or calls % self.refresh_every != 0:
                     kwargs["init"] = previous
+            if _is_per_mode(kwargs.get("rank"), data.dim()):
+                # A layer whose modes are smaller than the rank asked for (resnet's 1x1 maps) keeps them whole.
+                kwargs["rank"] = tuple(min(int(r), n) for r, n in zip(kwargs["rank"], data.shape))
             try:
-                result = self.fn(data, **kwargs)
+                result = self._call(data, kwargs, key[0])
             except ValueError:
                 if torch.isfinite(data).all():
                     raise
@@ -168,3 +178,23 @@ class Compressor:
             if self.warm_start:
                 self._previous[key] = (result, calls + 1)
             return Packed(x, result)
+
+    def _call(self, data: torch.Tensor, kwargs: dict[str, Any], layer: Hashable) -> Any:
+        try:
+            return self.fn(data, **kwargs)
+        except ValueError as error:
+            rank = kwargs.get("rank")
+            if isinstance(rank, numbers.Integral) and not isinstance(rank, bool) and "rank" in str(error):
+                # An integer rank that some mode cannot take: the per-mode methods take it capped per mode.
+                capped = dict(kwargs, rank=tuple(min(int(rank), n) for n in data.shape))
+                try:
+                    return self.fn(data, **capped)
+                except (ValueError, TypeError):
+                    pass
+            if "rank" in str(error) and rank is not None and torch.isfinite(data).all():
+                name = layer[0] if isinstance(layer, tuple) and layer else layer
+                raise ValueError(
+                    f"{self.method} with rank={rank!r} cannot decompose the input of layer {name!r} "
+                    f"(shape {tuple(data.shape)}): {error}"
+                ) from error
+            raise

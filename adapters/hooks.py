@@ -118,7 +118,10 @@ class compress_activations(torch.autograd.graph.saved_tensors_hooks):
         Keep 1-bit masks and narrow indices for the elementwise and pooling
         ops of the table (exact); ``False`` keeps what vanilla autograd keeps.
     **method_kwargs
-        Passed to the method (e.g. ``rank=``, ``n_iter=``), and
+        Passed to the method (e.g. ``rank=``, ``n_iter=``; a per-mode
+        ``rank`` is capped at each mode's size, so ``rank=2`` works on a
+        layer that sees 1 x 1 maps, and a rank that cannot apply raises a
+        ``ValueError`` naming the layer), and
         ``refresh_every=`` for warm-started methods (choose the ranks afresh
         from ``eps`` every this many steps per layer; by default the first
         step's ranks are kept).

@@ -324,7 +324,9 @@ def convert(
         those the hook style reaches on the same layers.
     **method_kwargs
         Passed to the compressor and the method, e.g. ``refresh_every`` for
-        ``"subspace"`` or ``rank`` for ``"cp"``.
+        ``"subspace"`` or ``rank`` for ``"cp"``; a per-mode ``rank`` is
+        capped at each mode's size, and a rank that cannot apply raises a
+        ``ValueError`` naming the layer.
 
     Returns
     -------

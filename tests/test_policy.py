@@ -622,3 +622,24 @@ def test_a_converted_model_can_be_saved_and_loaded(method, tmp_path):
     loaded = torch.load(tmp_path / "model.pt", weights_only=False)
     loaded(x).sum().backward()
     assert memory_stats(loaded).num_steps == 2
+
+
+@pytest.mark.parametrize("method", ["hosvd", "subspace"])
+@pytest.mark.parametrize("rank", [2, (2, 2, 2, 2)])
+def test_a_fixed_rank_is_capped_at_a_smaller_mode(method, rank):
+    # The last conv sees 1 x 1 maps: a rank of 2 cannot apply to its spatial modes.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2), nn.ReLU(), nn.Conv2d(8, 4, 1)).double()
+    x = _leaf(4, 3, 7, 7)
+    convert(model, method, rank=rank, min_numel=1)
+    model(x).square().sum().backward()
+    ranks = memory_stats(model).per_layer["4"]["ranks"][0]
+    assert ranks is None or tuple(ranks)[2:] == (1, 1)
+
+
+def test_a_rank_that_cannot_apply_names_the_layer():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).double()
+    convert(model, "hosvd", rank=(2, 2, 2), min_numel=1)  # three ranks for a four-mode input
+    with pytest.raises(ValueError, match=r"layer '0'.*shape \(2, 3, 8, 8\)"):
+        model(_leaf(2, 3, 8, 8))
