@@ -84,6 +84,33 @@ class Packed:
         return self.result.to_tensor().reshape(self.shape).to(self.dtype)
 
 
+class _WarmStart:
+    """What a warm start needs of a Tucker result: the factors and their ranks, not the core."""
+
+    __slots__ = ("factors", "rank")
+
+    def __init__(self, factors: list[Any]) -> None:
+        self.factors = list(factors)
+        self.rank = tuple(int(f.shape[1]) for f in self.factors)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(f.numel() * f.element_size() for f in self.factors)
+
+
+def _warm_state(result: Any) -> Any:
+    # Keeping the whole result would hold its core (often the largest part) between steps for nothing.
+    factors = getattr(result, "factors", None)
+    core = getattr(result, "core", None)
+    if core is not None and factors is not None and all(isinstance(f, torch.Tensor) and f.dim() == 2 for f in factors):
+        return _WarmStart(factors)
+    return result
+
+
+def _nbytes(state: Any) -> int:
+    return int(getattr(state, "nbytes", 0) or 0)
+
+
 def _is_per_mode(rank: Any, order: int) -> bool:
     return isinstance(rank, (tuple, list)) and len(rank) == order and all(
         isinstance(r, numbers.Integral) and not isinstance(r, bool) for r in rank
@@ -176,8 +203,13 @@ class Compressor:
                     self._warned_nonfinite = True
                 return Packed(x.detach())
             if self.warm_start:
-                self._previous[key] = (result, calls + 1)
+                self._previous[key] = (_warm_state(result), calls + 1)
             return Packed(x, result)
+
+    @property
+    def warm_state_nbytes(self) -> int:
+        """Bytes kept between steps as warm-start state (the factors of each layer's last result)."""
+        return sum(_nbytes(state) for state, _ in self._previous.values())
 
     def _call(self, data: torch.Tensor, kwargs: dict[str, Any], layer: Hashable) -> Any:
         try:

@@ -64,6 +64,10 @@ class ActivationMemory:
         ``torch.cuda.max_memory_allocated`` over each step, on CUDA (bytes).
     skipped : int
         Tensors stored uncompressed because they held NaN or Inf.
+    warm_state_bytes : int
+        Bytes a warm-started method (``"subspace"``) keeps between steps:
+        each layer's last factors, one set per input shape (not part of any
+        step's held bytes; 0 for other methods).
 
     Examples
     --------
@@ -80,6 +84,7 @@ class ActivationMemory:
         self.held_steps: list[Any] = []
         self.cuda_max_allocated: list[int] = []
         self.skipped = 0
+        self.warm_state_bytes = 0
 
     # -- recording ---------------------------------------------------------
     def start_step(self) -> None:

@@ -619,6 +619,7 @@ class Session:
                 peak_all = torch.cuda.max_memory_allocated()
                 cuda_peak = peak_all - self._cuda_start
             assert self.ledger is not None
+            self.memory.warm_state_bytes = int(getattr(self.compressor, "warm_state_nbytes", 0) or 0)
             self.memory.end_step(peak_all, held=self.ledger.summary(cuda_peak))
             self.ledger = None
 

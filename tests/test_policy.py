@@ -643,3 +643,16 @@ def test_a_rank_that_cannot_apply_names_the_layer():
     convert(model, "hosvd", rank=(2, 2, 2), min_numel=1)  # three ranks for a four-mode input
     with pytest.raises(ValueError, match=r"layer '0'.*shape \(2, 3, 8, 8\)"):
         model(_leaf(2, 3, 8, 8))
+
+
+def test_subspace_keeps_only_the_factors_between_steps_and_counts_them():
+    model = _chain()
+    x = _leaf(4, 3, 8, 8)
+    ctx = compress_activations(model, "subspace", eps=0.8, min_numel=1)
+    for _ in range(2):
+        with ctx:
+            model(x).sum().backward()
+    states = [state for state, _ in ctx.compressor._previous.values()]
+    assert states and all(not hasattr(state, "core") for state in states)
+    factor_bytes = sum(f.numel() * f.element_size() for state in states for f in state.factors)
+    assert ctx.stats.warm_state_bytes == factor_bytes > 0
