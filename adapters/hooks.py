@@ -168,8 +168,10 @@ class compress_activations(torch.autograd.graph.saved_tensors_hooks):
     functions are ``once_differentiable``: run that step without the
     context), :func:`torch.func.grad` and :func:`torch.compile` (PyTorch's
     saved-tensor hooks save no memory under compilation, pytorch#148222).
-    Another saved-tensor hook entered *inside* the context (``save_on_cpu``)
-    replaces this one's counting for the tensors saved there.
+    Inside another saved-tensor hook entered within the context (a
+    non-reentrant :func:`torch.utils.checkpoint.checkpoint` region,
+    ``save_on_cpu``) the ops run as vanilla autograd and that hook decides
+    what is kept.
 
     Examples
     --------
@@ -247,6 +249,7 @@ class compress_activations(torch.autograd.graph.saved_tensors_hooks):
             masks=self.masks,
             saved_tensor_hooks=False,
         )
+        session.pack_fn = self.pack_hook
         session.start()
         self._session = session
         try:

@@ -23,7 +23,7 @@ from torch import nn
 from ._compress import Compressor
 from .hooks import DEFAULT_MIN_NUMEL, check_norm_inputs
 from .memory import ActivationMemory
-from .policy import Session, active_session
+from .policy import Session, active_session, other_saved_tensor_hooks_active
 
 __all__ = ["CompressedConv2d", "CompressedLinear", "convert", "memory_stats"]
 
@@ -94,8 +94,9 @@ class _CompressedLayer:
         plain = super().forward  # type: ignore[misc]
         if not self._compresses(x):
             return plain(x)
-        if active_session() is not None:
-            # The running session's mode decides what this layer's conv/linear call keeps.
+        if active_session() is not None or other_saved_tensor_hooks_active():
+            # The running session's mode decides what this layer's conv/linear call keeps; inside
+            # another saved-tensor hook (a checkpoint recomputing in backward) the layer is vanilla.
             return plain(x)
         session = Session(
             self.compressor, self.activation_memory, model=None, selects=None,

@@ -54,7 +54,7 @@ from .grad_weight import ConvGeometry, conv2d_padding, conv2d_weight_dense, conv
 from .masks import BitMask, narrow_index_dtype
 from .memory import ActivationMemory
 
-__all__ = ["NORM_INPUTS", "Session", "active_session", "unpack_saved"]
+__all__ = ["NORM_INPUTS", "Session", "active_session", "other_saved_tensor_hooks_active", "unpack_saved"]
 
 NORM_INPUTS = ("exact", "compress")
 
@@ -496,6 +496,22 @@ class _Frame:
         self.compressor = compressor
 
 
+def _top_saved_tensor_hooks() -> tuple[Any, Any] | None:
+    """The innermost default saved-tensor hooks ``(pack, unpack)``, or None (also where torch cannot tell)."""
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    if top is None:
+        return None
+    try:
+        return top(False)
+    except (RuntimeError, TypeError):
+        return None
+
+
+def other_saved_tensor_hooks_active() -> bool:
+    """Whether some saved-tensor hook is active (with no session of ours running): a checkpoint recomputing, say."""
+    return _top_saved_tensor_hooks() is not None
+
+
 def unpack_saved(stored: Any) -> torch.Tensor:
     """The unpack hook matching :meth:`Session.pack`."""
     return stored if isinstance(stored, torch.Tensor) else stored.tensor
@@ -512,7 +528,7 @@ class _Mode(TorchFunctionMode):
         if session._pending and func not in _METADATA and getattr(func, "__name__", "") != "__get__":
             session.consumed(func, args, kwargs)
         handler = _HANDLERS.get(func)
-        if handler is None or not torch.is_grad_enabled():
+        if handler is None or not torch.is_grad_enabled() or not session.innermost_hooks_are_ours():
             return session.call(func, args, kwargs, "other")
         return handler(session, func, args, kwargs)
 
@@ -548,6 +564,8 @@ class Session:
         self.root_hooks_outside = root_hooks_outside
         # compress_activations is itself the saved-tensor hooks; other users get the session's own.
         self._saved_hooks = torch.autograd.graph.saved_tensors_hooks(self.pack, unpack_saved) if saved_tensor_hooks else None
+        # The pack hook that is this session's (compress_activations sets its own): see innermost_hooks_are_ours.
+        self.pack_fn: Any = self._saved_hooks.pack_hook if self._saved_hooks is not None else None
         self.memory = memory
         self.model = model
         self.selects = selects
@@ -622,6 +640,16 @@ class Session:
             self.memory.warm_state_bytes = int(getattr(self.compressor, "warm_state_nbytes", 0) or 0)
             self.memory.end_step(peak_all, held=self.ledger.summary(cuda_peak))
             self.ledger = None
+
+    def innermost_hooks_are_ours(self) -> bool:
+        """False inside another saved-tensor hook entered within the session (a checkpointed region, ``save_on_cpu``).
+
+        There the ops run as vanilla autograd: that hook decides what is kept
+        (a checkpoint keeps nothing and recomputes the region in backward,
+        without the session, so the recomputation must see the same ops).
+        """
+        top = _top_saved_tensor_hooks()
+        return top is None or self.pack_fn is None or top[0] is self.pack_fn
 
     # -- module frames ---------------------------------------------------------
     def _push(self, name: str, selected: bool, compressor: Compressor | None) -> Callable[..., None]:

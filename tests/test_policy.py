@@ -656,3 +656,39 @@ def test_subspace_keeps_only_the_factors_between_steps_and_counts_them():
     assert states and all(not hasattr(state, "core") for state in states)
     factor_bytes = sum(f.numel() * f.element_size() for state in states for f in state.factors)
     assert ctx.stats.warm_state_bytes == factor_bytes > 0
+
+
+class _Checkpointed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(8 * 8 * 8, 4)
+
+    def forward(self, x):
+        from torch.utils.checkpoint import checkpoint
+
+        return self.head(checkpoint(self.block, x, use_reentrant=False).flatten(1))
+
+
+@pytest.mark.parametrize("style", ["hooks", "convert"])
+def test_a_checkpointed_region_runs_vanilla_inside_and_is_recorded_once(style):
+    torch.manual_seed(0)
+    reference = _Checkpointed().double()
+    torch.manual_seed(0)
+    model = _Checkpointed().double()
+    x = _leaf(2, 3, 8, 8)
+    expected = _all_grads(reference, x)
+    if style == "hooks":
+        ctx = compress_activations(model, "hosvd", eps=0.6, min_numel=1)
+        got = _all_grads(model, x, ctx)
+        stats = ctx.stats
+    else:
+        convert(model, "hosvd", eps=0.6, min_numel=1)
+        got = _all_grads(model, x)
+        stats = memory_stats(model)
+    # The checkpoint keeps nothing of the block and recomputes it: no decomposition there, exact gradients.
+    assert set(stats.per_layer) == {"head"} and stats.num_steps == 1
+    assert len(stats.steps) == 1
+    for name in expected:
+        if name != "head.weight":
+            torch.testing.assert_close(got[name], expected[name], rtol=1e-9, atol=1e-12)
