@@ -92,3 +92,25 @@ def check_mode_ranks(rank: Any, shape: Sequence[int]) -> tuple[int, ...]:
     if len(rank) != len(shape):
         raise ValueError(f"rank must have one entry per mode ({len(shape)}); got rank={tuple(rank)!r}")
     return tuple(check_int_rank(r, u, what=f"rank[{n}]") for n, (r, u) in enumerate(zip(rank, uppers)))
+
+
+# Decompositions form Gram matrices, whose entries are squares of x's: outside these ranges of
+# max|x| they under- or overflow (a 1e-170 float64 tensor has an all-zero Gram, a 1e20 float32 one an infinite one).
+_SAFE_EXPONENTS = {"float64": 400, "float32": 40}
+
+
+def to_safe_range(x: Any, peak: float) -> tuple[Any, float]:
+    """``x`` divided by a power of two that brings ``max|x|`` near 1 when it is too small or too large, and that factor.
+
+    The factor is a power of two, so the division is exact; callers multiply
+    one stored array of their result by it. Returns ``(x, 1.0)`` for an input
+    in the safe range (the usual case: no copy) or an all-zero one.
+    """
+    if peak <= 0.0:
+        return x, 1.0
+    limit = _SAFE_EXPONENTS.get(_dtype_name(x).rsplit(".", 1)[-1], 40)
+    exponent = math.frexp(peak)[1]
+    if -limit <= exponent <= limit:
+        return x, 1.0
+    scale = math.ldexp(1.0, exponent)
+    return x / scale, scale

@@ -10,19 +10,20 @@ import tensorly as tl
 from ._algebra import leading_subspace, multi_mode_product, squared_norm
 from ._backend import backend_for
 from ._results import TuckerResult, explained
-from ._validate import check_eps, check_mode_ranks, check_tensor
+from ._validate import check_eps, check_mode_ranks, check_tensor, to_safe_range
 
 __all__ = ["hosvd"]
 
 
-def _hosvd(x: Any, eps: float, ranks: Sequence[int] | None, total: float) -> TuckerResult:
-    """HOSVD on a validated tensor, inside its backend context."""
+def _hosvd(x: Any, eps: float, ranks: Sequence[int] | None, total: float, scale: float = 1.0) -> TuckerResult:
+    """HOSVD on a validated tensor (divided by ``scale``, see ``to_safe_range``), inside its backend context."""
     factors = []
     for mode in range(tl.ndim(x)):
         factor, _ = leading_subspace(x, mode, eps=eps, rank=None if ranks is None else ranks[mode])
         factors.append(factor)
     core = multi_mode_product(x, [tl.transpose(f) for f in factors])
-    return TuckerResult(core, factors, explained_variance=explained(squared_norm(core), total))
+    kept = explained(squared_norm(core), total)
+    return TuckerResult(core * scale if scale != 1.0 else core, factors, explained_variance=kept)
 
 
 def hosvd(x: Any, eps: float = 0.9, *, rank: int | Sequence[int] | None = None) -> TuckerResult:
@@ -79,6 +80,7 @@ def hosvd(x: Any, eps: float = 0.9, *, rank: int | Sequence[int] | None = None) 
     eps = check_eps(eps)
     with backend_for(x):
         x, peak = check_tensor(x, min_order=2, method="hosvd")
+        x, scale = to_safe_range(x, peak)
         ranks = None if rank is None else check_mode_ranks(rank, tl.shape(x))
         total = squared_norm(x) if peak > 0 else 0.0
-        return _hosvd(x, eps, ranks, total)
+        return _hosvd(x, eps, ranks, total, scale)

@@ -10,7 +10,7 @@ import tensorly as tl
 from ._algebra import squared_norm, truncated_svd
 from ._backend import backend_for
 from ._results import SVDResult, explained
-from ._validate import check_eps, check_int_rank, check_tensor
+from ._validate import check_eps, check_int_rank, check_tensor, to_safe_range
 
 __all__ = ["svd"]
 
@@ -63,12 +63,14 @@ def svd(x: Any, eps: float = 0.9, *, rank: int | None = None) -> SVDResult:
     eps = check_eps(eps)
     with backend_for(x):
         x, peak = check_tensor(x, min_order=1, method="svd")
+        x, scale = to_safe_range(x, peak)
         shape = tuple(tl.shape(x))
         matrix = tl.reshape(x, (shape[0], -1))
         if rank is not None:
             rank = check_int_rank(rank, min(shape[0], math.prod(shape[1:])))
         u, s, v, _ = truncated_svd(matrix, eps=eps, rank=rank)
         total = squared_norm(matrix) if peak > 0 else 0.0
-        return SVDResult(s, [u, v], original_shape=shape, explained_variance=explained(squared_norm(s), total))
+        kept = explained(squared_norm(s), total)
+        return SVDResult(s * scale if scale != 1.0 else s, [u, v], original_shape=shape, explained_variance=kept)
 
 

@@ -12,7 +12,7 @@ import tensorly as tl
 from ._algebra import leading_subspace, squared_norm
 from ._backend import backend_for
 from ._results import TTResult, explained
-from ._validate import check_eps, check_int_rank, check_tensor
+from ._validate import check_eps, check_int_rank, check_tensor, to_safe_range
 
 __all__ = ["tt"]
 
@@ -87,6 +87,7 @@ def tt(x: Any, eps: float = 0.9, *, rank: int | Sequence[int] | None = None) -> 
     eps = check_eps(eps)
     with backend_for(x):
         x, peak = check_tensor(x, min_order=2, method="tt")
+        x, scale = to_safe_range(x, peak)
         shape = tuple(tl.shape(x))
         d = len(shape)
         ranks = None if rank is None else _check_tt_rank(rank, shape)
@@ -110,5 +111,6 @@ def tt(x: Any, eps: float = 0.9, *, rank: int | Sequence[int] | None = None) -> 
             factors.append(tl.reshape(u, (r_prev, shape[k], r_next)))
             carry = tl.dot(tl.transpose(u), matrix)
             r_prev = r_next
-        factors.append(tl.reshape(carry, (r_prev, shape[-1], 1)))
-        return TTResult(factors, explained_variance=explained(squared_norm(carry), total))
+        kept = explained(squared_norm(carry), total)
+        factors.append(tl.reshape(carry * scale if scale != 1.0 else carry, (r_prev, shape[-1], 1)))
+        return TTResult(factors, explained_variance=kept)

@@ -522,3 +522,15 @@ def test_svd_result_shape_is_the_tensor_it_stands_for():
     assert res.shape == (4, 3, 2) == res.to_tensor().shape == res.original_shape
     assert res.matrix_shape == (4, 6)
     assert "shape=(4, 3, 2)" in repr(res)
+
+
+@pytest.mark.parametrize("method", ["svd", "hosvd", "tt"])
+@pytest.mark.parametrize("scale, dtype", [(1e-170, np.float64), (1e170, np.float64), (1e-25, np.float32), (1e20, np.float32)])
+def test_tiny_and_huge_magnitudes_decompose_like_unit_ones(method, scale, dtype):
+    x = np.random.default_rng(0).standard_normal((12, 6, 5)).astype(dtype)
+    unit = tensorcomp.decompose(x, method, eps=0.9)
+    res = tensorcomp.decompose((x * dtype(scale)).astype(dtype), method, eps=0.9)
+    assert res.rank == unit.rank
+    assert res.explained_variance == pytest.approx(unit.explained_variance, rel=1e-4)
+    rebuilt = np.asarray(res.to_tensor(), dtype=np.float64) / scale
+    np.testing.assert_allclose(rebuilt, np.asarray(unit.to_tensor(), dtype=np.float64), rtol=1e-3, atol=1e-3 * np.abs(x).max())
