@@ -14,7 +14,7 @@ from tensorly.decomposition import parafac
 from ._algebra import leading_subspace, squared_norm
 from ._backend import backend_for
 from ._results import CPResult, explained
-from ._validate import check_eps, check_int_rank, check_tensor
+from ._validate import check_eps, check_int_rank, check_tensor, to_safe_range
 
 __all__ = ["cp"]
 
@@ -66,6 +66,11 @@ def _shrink(weights: Any, factors: list[Any], rank: int) -> tuple[Any, list[Any]
     # An integer array of the weights' own backend and device indexes them everywhere.
     index = tl.tensor(order, **{k: v for k, v in tl.context(weights).items() if k == "device"})
     return weights[index], [f[:, index] for f in factors]
+
+
+def _scaled_cp(scale: float, weights: Any, factors: list[Any], *, explained_variance: float) -> CPResult:
+    """The result for the input before ``to_safe_range`` divided it by ``scale``."""
+    return CPResult(weights * scale if scale != 1.0 else weights, factors, explained_variance=explained_variance)
 
 
 def cp(
@@ -135,6 +140,7 @@ def cp(
     eps = check_eps(eps)
     with backend_for(x):
         x, peak = check_tensor(x, min_order=2, method="cp")
+        x, scale = to_safe_range(x, peak)
         shape = tuple(tl.shape(x))
         bound = math.prod(shape)
         if rank is not None:
@@ -148,10 +154,10 @@ def cp(
             components = 1 if rank is None else rank
             zero_weights = tl.zeros((components,), **tl.context(x))
             units = [tl.tensor(np.repeat(np.eye(n, 1), components, axis=1), **tl.context(x)) for n in shape]
-            return CPResult(zero_weights, units, explained_variance=1.0)
+            return _scaled_cp(scale, zero_weights, units, explained_variance=1.0)
         if rank is not None:
             weights, factors = _fit(x, rank, _grow(x, None, [], rank), n_iter_max, tol)
-            return CPResult(weights, factors, explained_variance=_explained(x, weights, factors, total))
+            return _scaled_cp(scale, weights, factors, explained_variance=_explained(x, weights, factors, total))
 
         # Doubling phase: find a passing rank (or reach max_rank).
         failing, passing = 0, None
@@ -175,7 +181,7 @@ def cp(
                 RuntimeWarning,
                 stacklevel=2,
             )
-            return CPResult(best[1], best[2], explained_variance=best[3])
+            return _scaled_cp(scale, best[1], best[2], explained_variance=best[3])
 
         # Bisection between the last failing and the first passing rank.
         while passing[0] - failing > 1:
@@ -186,4 +192,4 @@ def cp(
                 passing = (mid, weights, factors, score)
             else:
                 failing = mid
-        return CPResult(passing[1], passing[2], explained_variance=passing[3])
+        return _scaled_cp(scale, passing[1], passing[2], explained_variance=passing[3])

@@ -29,7 +29,7 @@ from ._algebra import (
 )
 from ._backend import backend_for
 from ._results import TuckerResult, explained
-from ._validate import check_eps, check_mode_ranks, check_tensor
+from ._validate import check_eps, check_mode_ranks, check_tensor, to_safe_range
 from .hosvd import _hosvd
 
 __all__ = ["subspace_iteration"]
@@ -89,11 +89,12 @@ def subspace_iteration(
         raise ValueError(f"n_iter must be a positive integer; got n_iter={n_iter!r}")
     with backend_for(x):
         x, peak = check_tensor(x, min_order=2, method="subspace_iteration")
+        x, scale = to_safe_range(x, peak)
         shape = tuple(tl.shape(x))
         ranks = None if rank is None else check_mode_ranks(rank, shape)
         total = squared_norm(x) if peak > 0 else 0.0
         if init is None:
-            return _hosvd(x, eps, ranks, total)
+            return _hosvd(x, eps, ranks, total, scale)
         if len(init.factors) != len(shape):
             raise ValueError(f"init must be of order {len(shape)} like x; got a decomposition of order {len(init.factors)}")
         factors = []
@@ -105,7 +106,8 @@ def subspace_iteration(
                 factor = _refine(x, tl.tensor(previous, **tl.context(x)), mode, n_iter)
             factors.append(factor)
         core = multi_mode_product(x, [tl.transpose(f) for f in factors])
-        return TuckerResult(core, factors, explained_variance=explained(squared_norm(core), total))
+        kept = explained(squared_norm(core), total)
+        return TuckerResult(core * scale if scale != 1.0 else core, factors, explained_variance=kept)
 
 
 def _refine(x: Any, factor: Any, mode: int, n_iter: int) -> Any:

@@ -10,7 +10,7 @@ import tensorly as tl
 from ._algebra import leading_subspace, mode_product, multi_mode_product, squared_norm
 from ._backend import backend_for
 from ._results import TuckerResult, explained
-from ._validate import check_eps, check_mode_ranks, check_tensor
+from ._validate import check_eps, check_mode_ranks, check_tensor, to_safe_range
 from .hosvd import _hosvd
 
 __all__ = ["tucker"]
@@ -69,6 +69,7 @@ def tucker(
         raise ValueError(f"tol must be >= 0; got tol={tol!r}")
     with backend_for(x):
         x, peak = check_tensor(x, min_order=2, method="tucker")
+        x, scale = to_safe_range(x, peak)
         ranks = None if rank is None else check_mode_ranks(rank, tl.shape(x))
         total = squared_norm(x) if peak > 0 else 0.0
         best = _hosvd(x, eps, ranks, total)
@@ -90,4 +91,6 @@ def tucker(
             if current - previous < tol:
                 break
             previous = current
+        if scale != 1.0:
+            best = TuckerResult(best.core * scale, list(best.factors), explained_variance=best.explained_variance)
         return best
