@@ -72,12 +72,15 @@ def _no_torch_function() -> Any:
     return torch._C.DisableTorchFunction()
 
 
-def _kept(packed: Packed | None, store: Callable[..., Any], x: torch.Tensor) -> torch.Tensor:
-    """``_keep(packed)``; with nothing stored (a frozen weight), ``x`` is counted among the originals."""
+def _save_layer(ctx: Any, x: torch.Tensor, weight: torch.Tensor, packed: Packed | None, store: Callable[..., Any]) -> None:
+    """What every layer function keeps: the weight and the stored input (nothing for a frozen weight, then
+    ``x`` is counted among the originals), and the input's shape and dtype for its gradient."""
     token = _keep(packed)
     if packed is None:
         store.original(x, token)  # type: ignore[attr-defined]
-    return token
+    ctx.input_shape = tuple(x.shape)
+    ctx.input_dtype = x.dtype
+    ctx.save_for_backward(weight, token)
 
 
 def _keep(obj: Any) -> torch.Tensor:
@@ -112,9 +115,7 @@ class _Conv2dFunction(torch.autograd.Function):
                 out = F.conv2d(F.pad(xc, (left, right, top, bottom)), wc, bc, stride, 0, dilation, groups)
             packed = store(xc) if ctx.needs_input_grad[1] else None
         ctx.geometry = geometry
-        ctx.input_shape = tuple(x.shape)
-        ctx.input_dtype = x.dtype
-        ctx.save_for_backward(weight, _kept(packed, store, x))
+        _save_layer(ctx, x, weight, packed, store)
         return out
 
     @staticmethod
@@ -171,9 +172,7 @@ class _ConvNdFunction(torch.autograd.Function):
             out = conv(xc, wc, bc, stride, padding, dilation, groups)
             packed = store(xc) if ctx.needs_input_grad[1] else None
         ctx.params = params
-        ctx.input_shape = tuple(x.shape)
-        ctx.input_dtype = x.dtype
-        ctx.save_for_backward(weight, _kept(packed, store, x))
+        _save_layer(ctx, x, weight, packed, store)
         return out
 
     @staticmethod
@@ -208,8 +207,7 @@ class _LinearFunction(torch.autograd.Function):
             xc, wc, bc = _cast(x, weight, bias, compute_dtype)
             out = F.linear(xc, wc, bc)
             packed = store(xc) if ctx.needs_input_grad[1] else None
-        ctx.input_dtype = x.dtype
-        ctx.save_for_backward(weight, _kept(packed, store, x))
+        _save_layer(ctx, x, weight, packed, store)
         return out
 
     @staticmethod
@@ -718,7 +716,7 @@ class Session:
 
     def consumed(self, func: Callable[..., Any], args: tuple, kwargs: dict) -> None:
         """Another op reads a pending norm output: the norm keeps (a stored form of) its own input."""
-        if _HANDLERS.get(func) in _ZERO_SLOPE_HANDLERS:
+        if _HANDLERS.get(func) in _zero_slope_handlers():
             return  # the mask op's handler links it
         for t in (*args, *kwargs.values()):
             if isinstance(t, torch.Tensor):
@@ -1017,7 +1015,8 @@ def _batch_norm(session: Session, func, args, kwargs):
     momentum, eps = a["momentum"], float(a["eps"])
     if momentum is None:  # cumulative average: leave it to F.batch_norm's own bookkeeping
         return session.call(func, args, kwargs, "norm_inputs")
-    F._verify_batch_size(x.size()) if hasattr(F, "_verify_batch_size") else None
+    if x.dim() == 2 and x.shape[0] == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
 
     def forward_fn(x, w, b):
         return torch.native_batch_norm(x, w, b, rm, rv, True, momentum, eps)
@@ -1096,9 +1095,6 @@ _THRESHOLD = _mask_op(
     inplace_funcs=(torch.threshold_, F.threshold_),
 )
 
-# Ops whose gradient is zero wherever they change their input (so an eval-mode norm before them can read their output).
-_ZERO_SLOPE_HANDLERS: tuple[Callable[..., Any], ...] = ()
-
 _HANDLERS: dict[Callable[..., Any], Callable[..., Any]] = {
     torch.conv1d: _conv,
     torch.conv2d: _conv,
@@ -1133,4 +1129,7 @@ _HANDLERS: dict[Callable[..., Any], Callable[..., Any]] = {
     F.group_norm: _group_norm,
 }
 
-_ZERO_SLOPE_HANDLERS = (_RELU, _CLAMP, _HARDTANH, _RELU6, _THRESHOLD)
+
+def _zero_slope_handlers() -> tuple[Callable[..., Any], ...]:
+    """Ops whose gradient is zero wherever they change their input (so an eval-mode norm before them can read their output)."""
+    return (_RELU, _CLAMP, _HARDTANH, _RELU6, _THRESHOLD)
