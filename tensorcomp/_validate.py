@@ -72,14 +72,50 @@ def max_rank(shape: Sequence[int], mode: int) -> int:
     return min(shape[mode], rest)
 
 
+def check_integer(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """``value`` as an ``int`` after checking it is an integer in ``[minimum, maximum]``.
+
+    The one integer check of the package: a value that is not an integer
+    (``bool``, ``2.5``, ``"3"``, ``None``) raises :class:`TypeError`; an integer
+    out of range raises :class:`ValueError`. NumPy integers (``np.int64(2)``)
+    are integers. Both messages name the argument.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer{_interval(minimum, maximum)}; got {value!r} of type {type(value).__name__}")
+    value = int(value)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be an integer{_interval(minimum, maximum)}; got {name}={value}")
+    return value
+
+
+def check_real(value: Any, name: str, *, minimum: float | None = None, maximum: float | None = None) -> float:
+    """``value`` as a ``float`` after checking it is a finite real number in ``[minimum, maximum]``.
+
+    Same policy as :func:`check_integer`: not a real number (``bool``,
+    ``"a"``, ``None``) raises :class:`TypeError`; NaN, an infinity or a
+    value out of range raises :class:`ValueError`.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number{_interval(minimum, maximum)}; got {value!r} of type {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be a finite real number{_interval(minimum, maximum)}; got {name}={value!r}")
+    return value
+
+
+def _interval(minimum: float | None, maximum: float | None) -> str:
+    if minimum is None and maximum is None:
+        return ""
+    if maximum is None:
+        return f" >= {minimum}"
+    if minimum is None:
+        return f" <= {maximum}"
+    return f" between {minimum} and {maximum}"
+
+
 def check_int_rank(rank: Any, upper: int, *, what: str = "rank") -> int:
     """Check an integer rank lies in [1, upper]."""
-    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral):
-        raise TypeError(f"{what} must be a positive integer; got {rank!r} of type {type(rank).__name__}")
-    rank = int(rank)
-    if rank < 1 or rank > upper:
-        raise ValueError(f"{what} must be between 1 and {upper}; got {what}={rank}")
-    return rank
+    return check_integer(rank, what, minimum=1, maximum=upper)
 
 
 def check_mode_ranks(rank: Any, shape: Sequence[int]) -> tuple[int, ...]:

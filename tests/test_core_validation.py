@@ -45,18 +45,18 @@ def test_eps_accepts_numpy_scalars_and_the_integer_one(eps):
 @pytest.mark.parametrize(
     ("method", "rank", "message"),
     [
-        ("svd", 0, r"rank must be between 1 and 5; got rank=0"),
+        ("svd", 0, r"rank must be an integer between 1 and 5; got rank=0"),
         ("svd", -1, r"got rank=-1"),
         ("svd", 6, r"between 1 and 5; got rank=6"),  # min(5, 4 * 3)
         ("hosvd", 0, r"got rank=0"),
-        ("hosvd", (2, 0, 2), r"rank\[1\] must be between 1 and 4; got rank\[1\]=0"),
-        ("hosvd", (6, 2, 2), r"rank\[0\] must be between 1 and 5; got rank\[0\]=6"),
+        ("hosvd", (2, 0, 2), r"rank\[1\] must be an integer between 1 and 4; got rank\[1\]=0"),
+        ("hosvd", (6, 2, 2), r"rank\[0\] must be an integer between 1 and 5; got rank\[0\]=6"),
         ("hosvd", 4, r"between 1 and 3; got rank=4"),  # mode 2 has only 3
         ("hosvd", (2, 2), r"one entry per mode \(3\); got rank=\(2, 2\)"),
         ("tucker", (2, 2, 4), r"rank\[2\]=4"),
         ("subspace", (2, -2, 2), r"rank\[1\]=-2"),
         ("tt", 0, r"got rank=0"),
-        ("tt", (2, 13), r"rank\[2\] must be between 1 and 3; got rank\[2\]=13"),
+        ("tt", (2, 13), r"rank\[2\] must be an integer between 1 and 3; got rank\[2\]=13"),
         ("tt", (2, 3, 2), r"2 internal ranks.*got rank=\(2, 3, 2\)"),
         ("tt", (2, 2, 2, 2), r"boundary TT ranks must be 1; got rank=\(2, 2, 2, 2\)"),
         ("cp", 0, r"got rank=0"),
