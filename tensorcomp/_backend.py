@@ -16,6 +16,8 @@ from typing import Any
 import tensorly as tl
 from tensorly.backend import BackendManager
 
+from ._validate import check_array_kind, input_type_error
+
 # Top-level module of an array type -> TensorLy backend name.
 _MODULE_TO_BACKEND = {
     "numpy": "numpy",
@@ -31,19 +33,25 @@ _MODULE_TO_BACKEND = {
 def backend_name(x: Any) -> str:
     """Name of the TensorLy backend that handles arrays of ``x``'s type.
 
+    ``x`` is inspected, never converted: an array type a backend would take
+    but that holds no dense data (a sparse matrix, a ``numpy.matrix``, a
+    torch meta tensor, ...) is rejected here, before any backend call, by
+    :func:`tensorcomp._validate.check_array_kind`.
+
     Raises
     ------
     TypeError
-        If ``x`` is not an array of a backend TensorLy knows.
+        If ``x`` is not a dense array of a backend TensorLy knows.
     """
+    check_array_kind(x)
     module = type(x).__module__.split(".")[0]
     try:
         return _MODULE_TO_BACKEND[module]
     except KeyError:
         known = ", ".join(sorted(set(_MODULE_TO_BACKEND.values())))
-        raise TypeError(
-            f"x must be an array of a TensorLy backend ({known}); "
-            f"got an object of type {type(x).__module__}.{type(x).__qualname__}"
+        raise input_type_error(
+            f"an object of type {type(x).__module__}.{type(x).__qualname__}",
+            f"the TensorLy backends are {known}",
         ) from None
 
 

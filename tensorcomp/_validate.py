@@ -7,9 +7,60 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import tensorly as tl
 
 _INTEGER_KINDS = ("int", "uint", "bool")
+# dtypes the decompositions take as they are; integers, booleans and 16-bit floats are cast (see check_tensor).
+_FLOAT_DTYPES = ("float32", "float64")
+_HALF_DTYPES = ("float16", "bfloat16")
+_ACCEPTED_INPUT = "a dense real array of a TensorLy backend (numpy.ndarray, torch.Tensor, jax.Array, ...)"
+
+
+def input_type_error(given: str, hint: str = "") -> TypeError:
+    """The one error for an input tensor of a kind the decompositions do not take.
+
+    ``given`` says what ``x`` is (``"a scipy.sparse csr_matrix"``), ``hint``
+    how to pass it instead.
+    """
+    return TypeError(f"x must be {_ACCEPTED_INPUT}; got {given}" + (f"; {hint}" if hint else ""))
+
+
+def _type_path(x: Any) -> str:
+    cls = type(x)
+    return f"{cls.__module__.split('.')[0]}.{cls.__qualname__}"
+
+
+def check_array_kind(x: Any) -> None:
+    """Reject array types a backend would accept but that hold no dense data the decompositions can use.
+
+    Runs before anything touches ``x`` (no conversion, no backend call), so
+    a ``numpy.matrix`` or a masked array is never silently turned into
+    something else: sparse matrices and arrays (scipy, torch layouts other
+    than strided, jax's experimental sparse), ``numpy.matrix`` (its ``*`` is
+    a matrix product and it stays 2-D under indexing), numpy masked arrays
+    (the mask would be ignored), torch meta tensors (no data) and nested
+    tensors (no single shape) raise :func:`input_type_error`.
+    """
+    module = type(x).__module__
+    root = module.split(".")[0]
+    if root == "numpy":
+        if isinstance(x, np.matrix):
+            raise input_type_error("a numpy.matrix", "pass np.asarray(x)")
+        if isinstance(x, np.ma.MaskedArray):
+            raise input_type_error("a numpy masked array (its mask would be ignored)", "fill it first, e.g. x.filled(0.0)")
+    elif root == "scipy" and module.startswith("scipy.sparse"):
+        raise input_type_error(f"a scipy.sparse {type(x).__qualname__} (a sparse matrix)", "convert it with x.toarray()")
+    elif root == "torch":
+        if getattr(x, "is_meta", False):
+            raise input_type_error("a torch tensor on the meta device (it holds no data)")
+        if getattr(x, "is_nested", False):
+            raise input_type_error("a nested torch tensor (it has no single shape)")
+        layout = getattr(x, "layout", None)
+        if layout is not None and str(layout) != "torch.strided":
+            raise input_type_error(f"a torch tensor of layout {layout} (a sparse tensor)", "convert it with x.to_dense()")
+    elif root in ("jax", "jaxlib") and module.startswith("jax.experimental.sparse"):
+        raise input_type_error(f"a jax sparse {type(x).__qualname__}", "convert it with x.todense()")
 
 
 def check_eps(eps: Any) -> float:
@@ -33,8 +84,30 @@ def check_tensor(x: Any, *, min_order: int, method: str) -> tuple[Any, float]:
     holds integers or booleans and to float32 when it is a 16-bit float (the
     linear algebra these methods need has no 16-bit kernels), together with
     its largest absolute value, which callers use to detect an all-zero input.
-    Must be called inside :func:`tensorcomp._backend.backend_for`.
+    Any other dtype (object, strings, datetimes, ``float128``, quantized)
+    raises :func:`input_type_error`, complex ones included.
+    Must be called inside :func:`tensorcomp._backend.backend_for`, whose
+    :func:`check_array_kind` has already rejected sparse, meta and
+    ``numpy.matrix`` inputs.
     """
+    if getattr(x, "requires_grad", False):
+        # Decompositions are not differentiable: keep their arrays out of autograd's graph.
+        x = x.detach()
+    dtype = _dtype_name(x)
+    if "complex" in dtype:
+        raise input_type_error(f"a {_type_path(x)} of dtype {dtype}", f"{method} supports real tensors only")
+    if dtype.startswith(_INTEGER_KINDS):
+        # Multiplying by a Python float promotes to the backend's default float
+        # (float64 for numpy, the default dtype for torch and jax) on x's device.
+        x = x * 1.0
+    elif dtype in _HALF_DTYPES:
+        x = _to_float32(x)
+    elif dtype not in _FLOAT_DTYPES:
+        # object, string, datetime, float128, float8, quantized ...: nothing the linear algebra takes.
+        raise input_type_error(
+            f"a {_type_path(x)} of dtype {dtype}",
+            f"{method} takes float32 and float64 (integers, booleans and 16-bit floats are cast)",
+        )
     shape = tuple(tl.shape(x))
     if len(shape) < min_order:
         raise ValueError(
@@ -42,18 +115,6 @@ def check_tensor(x: Any, *, min_order: int, method: str) -> tuple[Any, float]:
         )
     if any(n == 0 for n in shape):
         raise ValueError(f"x must not have empty dimensions; got shape {shape}")
-    if getattr(x, "requires_grad", False):
-        # Decompositions are not differentiable: keep their arrays out of autograd's graph.
-        x = x.detach()
-    dtype = _dtype_name(x)
-    if "complex" in dtype:
-        raise TypeError(f"{method} supports real tensors only; got x of dtype {dtype}")
-    if dtype.startswith(_INTEGER_KINDS):
-        # Multiplying by a Python float promotes to the backend's default float
-        # (float64 for numpy, the default dtype for torch and jax) on x's device.
-        x = x * 1.0
-    elif dtype in ("float16", "bfloat16"):
-        x = _to_float32(x)
     peak = float(tl.to_numpy(tl.max(tl.abs(x))))
     if not math.isfinite(peak):
         raise ValueError(f"x contains NaN or Inf values; {method} needs finite input")
@@ -72,16 +133,23 @@ def max_rank(shape: Sequence[int], mode: int) -> int:
     return min(shape[mode], rest)
 
 
-def check_integer(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+def check_integer(
+    value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None, alternative: str = ""
+) -> int:
     """``value`` as an ``int`` after checking it is an integer in ``[minimum, maximum]``.
 
     The one integer check of the package: a value that is not an integer
     (``bool``, ``2.5``, ``"3"``, ``None``) raises :class:`TypeError`; an integer
     out of range raises :class:`ValueError`. NumPy integers (``np.int64(2)``)
-    are integers. Both messages name the argument.
+    are integers. Both messages name the argument. ``alternative`` names what
+    else the argument may be, for the type error (``" or a sequence of 3
+    integers"``).
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer{_interval(minimum, maximum)}; got {value!r} of type {type(value).__name__}")
+        raise TypeError(
+            f"{name} must be an integer{_interval(minimum, maximum)}{alternative}; "
+            f"got {value!r} of type {type(value).__name__}"
+        )
     value = int(value)
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise ValueError(f"{name} must be an integer{_interval(minimum, maximum)}; got {name}={value}")
@@ -113,18 +181,27 @@ def _interval(minimum: float | None, maximum: float | None) -> str:
     return f" between {minimum} and {maximum}"
 
 
-def check_int_rank(rank: Any, upper: int, *, what: str = "rank") -> int:
+def check_int_rank(rank: Any, upper: int, *, what: str = "rank", alternative: str = "") -> int:
     """Check an integer rank lies in [1, upper]."""
-    return check_integer(rank, what, minimum=1, maximum=upper)
+    return check_integer(rank, what, minimum=1, maximum=upper, alternative=alternative)
+
+
+def is_rank_sequence(rank: Any) -> bool:
+    """Whether ``rank`` is given per mode or bond (a list or tuple, not a string)."""
+    return isinstance(rank, Sequence) and not isinstance(rank, (str, bytes))
 
 
 def check_mode_ranks(rank: Any, shape: Sequence[int]) -> tuple[int, ...]:
-    """Per-mode Tucker ranks from an int (same for every mode) or a sequence."""
+    """Per-mode Tucker ranks from an int (same for every mode) or a sequence.
+
+    Every entry goes through :func:`check_integer`: ``rank=2.5`` or
+    ``rank=(2, 2.0, 2)`` raise :class:`TypeError`, an integer out of its
+    mode's range :class:`ValueError`.
+    """
     uppers = [max_rank(shape, n) for n in range(len(shape))]
-    if isinstance(rank, numbers.Integral) and not isinstance(rank, bool):
-        return tuple(check_int_rank(rank, min(uppers), what="rank") for _ in shape)
-    if not isinstance(rank, Sequence) or isinstance(rank, str):
-        raise TypeError(f"rank must be an int or a sequence of {len(shape)} ints; got {rank!r}")
+    if not is_rank_sequence(rank):
+        rank = check_int_rank(rank, min(uppers), alternative=f" or a sequence of {len(shape)} integers")
+        return tuple(rank for _ in shape)
     if len(rank) != len(shape):
         raise ValueError(f"rank must have one entry per mode ({len(shape)}); got rank={tuple(rank)!r}")
     return tuple(check_int_rank(r, u, what=f"rank[{n}]") for n, (r, u) in enumerate(zip(rank, uppers)))

@@ -62,7 +62,9 @@ def hosvd(x: Any, eps: float = 0.9, *, rank: int | Sequence[int] | None = None) 
     ValueError
         Bad ``eps`` or ``rank``, ``x`` of order < 2, an empty dimension, NaN or Inf.
     TypeError
-        ``x`` is not an array of a TensorLy backend, or is complex.
+        ``x`` is not a dense real array of a TensorLy backend (see
+        :func:`svd`), ``eps`` is not a real number, or ``rank`` not an
+        integer or a sequence of integers (``rank=2.5``, ``rank=(2, 2.0, 2)``).
 
     Examples
     --------

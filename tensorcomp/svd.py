@@ -47,7 +47,10 @@ def svd(x: Any, eps: float = 0.9, *, rank: int | None = None) -> SVDResult:
         If ``eps`` is outside (0, 1], ``rank`` outside its range, ``x`` is a
         scalar, has an empty dimension, or holds NaN or Inf.
     TypeError
-        If ``x`` is not an array of a TensorLy backend, or is complex.
+        If ``x`` is not a dense real array of a TensorLy backend (a list, a
+        scipy sparse matrix, a ``numpy.matrix`` or masked array, a torch meta
+        or sparse tensor, an object, string or complex dtype), ``eps`` is not
+        a real number or ``rank`` not an integer (``rank=2.5``).
 
     Examples
     --------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,7 +11,7 @@ import tensorly as tl
 from ._algebra import leading_subspace, squared_norm
 from ._backend import backend_for
 from ._results import TTResult, explained
-from ._validate import check_eps, check_int_rank, check_tensor, to_safe_range
+from ._validate import check_eps, check_int_rank, check_integer, check_tensor, is_rank_sequence, to_safe_range
 
 __all__ = ["tt"]
 
@@ -24,14 +23,13 @@ def _bond_bounds(shape: Sequence[int]) -> list[int]:
 
 def _check_tt_rank(rank: Any, shape: Sequence[int]) -> list[int]:
     bounds = _bond_bounds(shape)
-    if isinstance(rank, numbers.Integral) and not isinstance(rank, bool):
-        rank = check_int_rank(rank, max(bounds))
+    if not is_rank_sequence(rank):
+        rank = check_int_rank(rank, max(bounds), alternative=f" or a sequence of {len(bounds)} integers")
         return [min(rank, b) for b in bounds]
-    if not isinstance(rank, Sequence) or isinstance(rank, str):
-        raise TypeError(f"rank must be an int or a sequence of ints; got {rank!r}")
     rank = list(rank)
     if len(rank) == len(shape) + 1:
-        if rank[0] != 1 or rank[-1] != 1:
+        first, last = (check_integer(rank[k], f"rank[{k}]") for k in (0, len(rank) - 1))
+        if first != 1 or last != 1:
             raise ValueError(f"boundary TT ranks must be 1; got rank={tuple(rank)!r}")
         rank = rank[1:-1]
     if len(rank) != len(bounds):
@@ -72,6 +70,10 @@ def tt(x: Any, eps: float = 0.9, *, rank: int | Sequence[int] | None = None) -> 
     ------
     ValueError
         Bad ``eps`` or ``rank``, ``x`` of order < 2, an empty dimension, NaN or Inf.
+    TypeError
+        ``x`` is not a dense real array of a TensorLy backend (see
+        :func:`svd`), ``eps`` is not a real number, or ``rank`` not an
+        integer or a sequence of integers.
 
     Examples
     --------
