@@ -2,6 +2,7 @@
 degenerate but valid input (all zeros, integers, booleans) gives valid results."""
 
 import math
+import re
 import warnings
 
 import numpy as np
@@ -77,6 +78,40 @@ def test_bad_rank_is_a_value_error_naming_rank_and_value(method, rank, message):
 def test_rank_of_the_wrong_type_is_a_type_error(method, rank):
     with pytest.raises(TypeError, match="rank"):
         tensorcomp.decompose(X, method, rank=rank)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("rank", [2.5, 2.0, "2", True, float("nan")], ids=["2.5", "2.0", "str", "bool", "nan"])
+def test_a_non_integer_rank_is_the_same_type_error_for_every_method(method, rank):
+    with pytest.raises(TypeError) as info:
+        tensorcomp.decompose(X, method, rank=rank)
+    # One form everywhere: the name, the range, what else is allowed, the value and its type.
+    expected = r"rank must be an integer between 1 and \d+( or a sequence of \d integers)?; got "
+    assert re.fullmatch(expected + re.escape(f"{rank!r} of type {type(rank).__name__}"), str(info.value)), str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("method", "rank", "name"),
+    [
+        ("hosvd", (2, 2.5, 2), "rank[1]"),
+        ("tucker", (2, 2, "2"), "rank[2]"),
+        ("subspace", (True, 2, 2), "rank[0]"),
+        ("tt", (2, 2.5), "rank[2]"),
+        ("tt", (1.0, 2, 2, 1), "rank[0]"),  # a boundary rank of the right value but the wrong type
+        ("tt", (1, 2, 2, "1"), "rank[3]"),
+    ],
+)
+def test_a_non_integer_rank_entry_is_a_type_error_naming_the_entry(method, rank, name):
+    with pytest.raises(TypeError, match=r"^" + re.escape(name) + r" must be an integer"):
+        tensorcomp.decompose(X, method, rank=rank)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_numpy_integer_ranks_are_integers(method):
+    expected = tensorcomp.decompose(X, method, rank=2).rank
+    assert tensorcomp.decompose(X, method, rank=np.int64(2)).rank == expected
+    if method in ("hosvd", "tucker", "subspace"):
+        assert tensorcomp.decompose(X, method, rank=(np.int64(2), np.int32(2), np.uint8(2))).rank == expected
 
 
 def test_bad_method_options_name_the_option():
