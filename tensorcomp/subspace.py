@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import tensorly as tl
+from tensorly.cp_tensor import CPTensor
+from tensorly.tt_tensor import TTTensor
 
 from ._algebra import (
     _orthonormal_columns,
@@ -29,7 +31,7 @@ from ._algebra import (
 )
 from ._backend import backend_for
 from ._results import TuckerResult, explained
-from ._validate import check_eps, check_mode_ranks, check_tensor, to_safe_range
+from ._validate import check_eps, check_integer, check_mode_ranks, check_tensor, to_safe_range
 from .hosvd import _hosvd
 
 __all__ = ["subspace_iteration"]
@@ -60,9 +62,12 @@ def subspace_iteration(
     rank : int or sequence of int, optional
         Fixed ranks; overrides both ``eps`` and ``init``'s ranks.
     init : TuckerResult, optional
-        Factors to start from, of the same order as ``x``.
+        Factors to start from, of the same order as ``x``: a
+        :class:`TuckerResult`, a tensorly ``TuckerTensor``, or any object
+        whose ``.factors`` hold one 2-D factor matrix per mode (on any
+        backend; they are moved to ``x``'s).
     n_iter : int, default 1
-        Orthogonal-iteration steps per mode.
+        Orthogonal-iteration steps per mode, ``>= 1`` (NumPy integers too).
 
     Returns
     -------
@@ -71,7 +76,12 @@ def subspace_iteration(
     Raises
     ------
     ValueError
-        As :func:`hosvd`; also if ``init`` has another order than ``x`` or ``n_iter < 1``.
+        As :func:`hosvd`; also if ``init`` has another order than ``x``, a
+        factor without columns, or ``n_iter < 1``.
+    TypeError
+        As :func:`hosvd`; also if ``n_iter`` is not an integer, or ``init``
+        is not a Tucker decomposition (an array, an :class:`SVDResult`,
+        :class:`CPResult` or :class:`TTResult`).
 
     Examples
     --------
@@ -85,22 +95,23 @@ def subspace_iteration(
     True
     """
     eps = check_eps(eps)
-    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
-        raise ValueError(f"n_iter must be a positive integer; got n_iter={n_iter!r}")
+    n_iter = check_integer(n_iter, "n_iter", minimum=1)
+    previous_factors = None if init is None else _init_factors(init)
     with backend_for(x):
         x, peak = check_tensor(x, min_order=2, method="subspace_iteration")
         x, scale = to_safe_range(x, peak)
         shape = tuple(tl.shape(x))
         ranks = None if rank is None else check_mode_ranks(rank, shape)
         total = squared_norm(x) if peak > 0 else 0.0
-        if init is None:
+        if previous_factors is None:
             return _hosvd(x, eps, ranks, total, scale)
-        if len(init.factors) != len(shape):
-            raise ValueError(f"init must be of order {len(shape)} like x; got a decomposition of order {len(init.factors)}")
+        if len(previous_factors) != len(shape):
+            raise ValueError(f"init must be of order {len(shape)} like x; got a decomposition of order {len(previous_factors)}")
         factors = []
-        for mode, previous in enumerate(init.factors):
-            k = ranks[mode] if ranks is not None else min(init.rank[mode], shape[mode])
-            if tl.shape(previous)[0] != shape[mode] or tl.shape(previous)[1] != k:
+        for mode, previous in enumerate(previous_factors):
+            rows, columns = previous.shape
+            k = ranks[mode] if ranks is not None else min(columns, shape[mode])
+            if rows != shape[mode] or columns != k:
                 factor, _ = leading_subspace(x, mode, rank=k)
             else:
                 factor = _refine(x, tl.tensor(previous, **tl.context(x)), mode, n_iter)
@@ -108,6 +119,36 @@ def subspace_iteration(
         core = multi_mode_product(x, [tl.transpose(f) for f in factors])
         kept = explained(squared_norm(core), total)
         return TuckerResult(core * scale if scale != 1.0 else core, factors, explained_variance=kept)
+
+
+_INIT_ACCEPTS = (
+    "init must be a Tucker decomposition of x's order (a TuckerResult such as the previous hosvd, tucker or "
+    "subspace_iteration result, a tensorly TuckerTensor, or any object whose .factors are one 2-D matrix per mode)"
+)
+
+
+def _init_factors(init: Any) -> list[Any]:
+    """The factor matrices of a warm start, after checking ``init`` is a Tucker decomposition.
+
+    Anything whose ``.factors`` are 2-D arrays is taken (the adapters keep
+    only the factors between steps), except CP and tensor-train results: an
+    :class:`~tensorcomp.SVDResult` or :class:`~tensorcomp.CPResult` has 2-D
+    factors too, but they are not Tucker factors.
+    """
+    kind = type(init).__name__
+    if isinstance(init, (CPTensor, TTTensor)):
+        family = "tensor-train" if isinstance(init, TTTensor) else "CP"
+        raise TypeError(f"{_INIT_ACCEPTS}; got {kind}, a {family} decomposition, whose factors are not Tucker factors")
+    factors = getattr(init, "factors", None)
+    if not isinstance(factors, Sequence) or isinstance(factors, (str, bytes)):
+        raise TypeError(f"{_INIT_ACCEPTS}; got an object of type {kind}")
+    for n, factor in enumerate(factors):
+        shape = getattr(factor, "shape", None)
+        if shape is None or len(shape) != 2:
+            raise TypeError(f"{_INIT_ACCEPTS}; got {kind} whose factors[{n}] has shape {shape}")
+        if shape[1] < 1:
+            raise ValueError(f"init.factors[{n}] must have at least one column; got shape {tuple(shape)}")
+    return list(factors)
 
 
 def _refine(x: Any, factor: Any, mode: int, n_iter: int) -> Any:

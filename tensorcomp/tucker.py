@@ -10,7 +10,7 @@ import tensorly as tl
 from ._algebra import leading_subspace, mode_product, multi_mode_product, squared_norm
 from ._backend import backend_for
 from ._results import TuckerResult, explained
-from ._validate import check_eps, check_mode_ranks, check_tensor, to_safe_range
+from ._validate import check_eps, check_integer, check_mode_ranks, check_real, check_tensor, to_safe_range
 from .hosvd import _hosvd
 
 __all__ = ["tucker"]
@@ -40,9 +40,10 @@ def tucker(
     rank : int or sequence of int, optional
         Fixed ranks; overrides ``eps`` (see :func:`hosvd`).
     n_iter_max : int, default 20
-        Maximum number of HOOI sweeps.
+        Maximum number of HOOI sweeps, ``>= 0`` (0 returns HOSVD's result).
     tol : float, default 1e-6
-        Stop when a sweep raises the explained variance by less than this.
+        Stop when a sweep raises the explained variance by less than this;
+        a finite real number ``>= 0``.
 
     Returns
     -------
@@ -51,7 +52,10 @@ def tucker(
     Raises
     ------
     ValueError
-        As :func:`hosvd`, or ``n_iter_max < 0`` or ``tol < 0``.
+        As :func:`hosvd`, or ``n_iter_max < 0``, or ``tol`` negative, NaN or infinite.
+    TypeError
+        As :func:`hosvd`, or ``n_iter_max`` is not an integer (``2.5``,
+        ``"3"``, ``True``) or ``tol`` not a real number.
 
     Examples
     --------
@@ -63,10 +67,8 @@ def tucker(
     True
     """
     eps = check_eps(eps)
-    if n_iter_max < 0:
-        raise ValueError(f"n_iter_max must be >= 0; got n_iter_max={n_iter_max!r}")
-    if tol < 0:
-        raise ValueError(f"tol must be >= 0; got tol={tol!r}")
+    n_iter_max = check_integer(n_iter_max, "n_iter_max", minimum=0)
+    tol = check_real(tol, "tol", minimum=0.0)
     with backend_for(x):
         x, peak = check_tensor(x, min_order=2, method="tucker")
         x, scale = to_safe_range(x, peak)

@@ -125,6 +125,151 @@ def test_bad_method_options_name_the_option():
         tensorcomp.subspace_iteration(X, init=tensorcomp.hosvd(X), n_iter=0)
 
 
+# ---------------------------------------------------------------- method options
+# (cp's n_iter_max, tol and max_rank are validated by cp itself.)
+
+INTEGER_OPTIONS = [("tucker", "n_iter_max", 0), ("subspace", "n_iter", 1)]
+REAL_OPTIONS = [("tucker", "tol", 0.0)]
+
+
+def with_option(method, name, value):
+    options = {name: value}
+    if method == "subspace":
+        options["init"] = tensorcomp.hosvd(X, eps=0.9)  # n_iter matters for a warm start
+    return tensorcomp.decompose(X, method, **options)
+
+
+@pytest.mark.parametrize(("method", "name", "minimum"), INTEGER_OPTIONS)
+@pytest.mark.parametrize("value", [2.5, "3", True, "a", float("nan"), None, 3.0], ids=repr)
+def test_an_integer_option_of_the_wrong_type_is_a_type_error_naming_it(method, name, minimum, value):
+    with pytest.raises(TypeError, match=rf"^{name} must be an integer >= {minimum}; got ") as info:
+        with_option(method, name, value)
+    assert f"{value!r} of type {type(value).__name__}" in str(info.value)
+
+
+@pytest.mark.parametrize(("method", "name", "minimum"), INTEGER_OPTIONS)
+def test_an_integer_option_out_of_range_is_a_value_error_naming_it(method, name, minimum):
+    for value in (minimum - 1, -5):
+        with pytest.raises(ValueError, match=rf"^{name} must be an integer >= {minimum}; got {name}={value}$"):
+            with_option(method, name, value)
+
+
+@pytest.mark.parametrize(("method", "name", "minimum"), REAL_OPTIONS)
+@pytest.mark.parametrize("value", ["3", True, "a", None, [0.1]], ids=repr)
+def test_a_real_option_of_the_wrong_type_is_a_type_error_naming_it(method, name, minimum, value):
+    with pytest.raises(TypeError, match=rf"^{name} must be a real number >= {minimum}; got ") as info:
+        with_option(method, name, value)
+    assert f"{value!r} of type {type(value).__name__}" in str(info.value)
+
+
+@pytest.mark.parametrize(("method", "name", "minimum"), REAL_OPTIONS)
+@pytest.mark.parametrize("value", [-1, -0.1, float("nan"), float("inf"), -float("inf")], ids=repr)
+def test_a_real_option_out_of_range_or_not_finite_is_a_value_error_naming_it(method, name, minimum, value):
+    with pytest.raises(ValueError, match=rf"^{name} must be a finite real number >= {minimum}; got {name}=") as info:
+        with_option(method, name, value)
+    assert repr(float(value)) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("method", "name", "value"),
+    [
+        ("tucker", "n_iter_max", np.int64(3)),
+        ("tucker", "n_iter_max", 0),
+        ("tucker", "tol", np.float32(1e-3)),
+        ("tucker", "tol", 2.5),  # any sweep's gain is below it: one sweep
+        ("tucker", "tol", 0),
+        ("subspace", "n_iter", np.int64(2)),
+        ("subspace", "n_iter", np.uint8(1)),
+    ],
+    ids=repr,
+)
+def test_numpy_scalars_and_boundary_values_are_accepted(method, name, value):
+    res = with_option(method, name, value)
+    plain = with_option(method, name, value.item() if isinstance(value, np.generic) else value)
+    assert res.rank == plain.rank
+    np.testing.assert_allclose(res.to_tensor(), plain.to_tensor(), atol=1e-12)
+
+
+def test_n_iter_counts_steps_for_a_numpy_integer():
+    start = tensorcomp.hosvd(X, rank=2)
+    one = tensorcomp.subspace_iteration(X, init=start, n_iter=np.int64(1))
+    two = tensorcomp.subspace_iteration(X, init=start, n_iter=np.int64(2))
+    assert two.explained_variance >= one.explained_variance - 1e-12
+    np.testing.assert_allclose(two.to_tensor(), tensorcomp.subspace_iteration(X, init=start, n_iter=2).to_tensor())
+
+
+# ------------------------------------------------------------------ init (warm start)
+
+
+def svd_result():
+    return tensorcomp.svd(X, eps=0.9)
+
+
+def cp_result():
+    weights, (u, v) = tensorcomp.svd(X[:, :, 0], rank=2)
+    return tensorcomp.CPResult(weights, [u, v, np.ones((3, 2)) / np.sqrt(3)], explained_variance=0.5)
+
+
+def tt_result():
+    return tensorcomp.tt(X, eps=0.9)
+
+
+def core_and_factors():
+    res = tensorcomp.hosvd(X, eps=0.9)
+    return res.core, res.factors
+
+
+class FactorsOfTheWrongOrder:
+    factors = [np.ones((5, 2, 1)), np.ones((4, 2)), np.ones((3, 2))]
+
+
+@pytest.mark.parametrize(
+    ("make", "given"),
+    [
+        pytest.param(lambda: X, "an object of type ndarray", id="ndarray"),
+        pytest.param(svd_result, "SVDResult, a CP decomposition, whose factors are not Tucker factors", id="SVDResult"),
+        pytest.param(cp_result, "CPResult, a CP decomposition", id="CPResult"),
+        pytest.param(tt_result, "TTResult, a tensor-train decomposition", id="TTResult"),
+        pytest.param(core_and_factors, "an object of type tuple", id="tuple"),
+        pytest.param(lambda: "hosvd", "an object of type str", id="str"),
+        pytest.param(lambda: 3, "an object of type int", id="int"),
+        pytest.param(FactorsOfTheWrongOrder, r"FactorsOfTheWrongOrder whose factors\[0\] has shape \(5, 2, 1\)", id="3-D factor"),
+    ],
+)
+def test_an_init_that_is_not_a_tucker_decomposition_is_a_type_error_saying_what_init_accepts(make, given):
+    with pytest.raises(TypeError, match=r"^init must be a Tucker decomposition of x's order \(a TuckerResult .*\); got " + given):
+        tensorcomp.subspace_iteration(X, init=make())
+
+
+def test_init_of_another_order_is_still_a_value_error():
+    with pytest.raises(ValueError, match=r"^init must be of order 3 like x; got a decomposition of order 2"):
+        tensorcomp.subspace_iteration(X, init=tensorcomp.hosvd(X[:, :, 0], eps=0.9))
+
+
+def test_init_factor_without_columns_is_a_value_error():
+    class Empty:
+        factors = [np.ones((5, 2)), np.ones((4, 0)), np.ones((3, 2))]
+
+    with pytest.raises(ValueError, match=r"^init\.factors\[1\] must have at least one column; got shape \(4, 0\)"):
+        tensorcomp.subspace_iteration(X, init=Empty())
+
+
+def test_init_accepts_tucker_tensors_and_bare_factors():
+    from tensorly.tucker_tensor import TuckerTensor
+
+    start = tensorcomp.hosvd(X, rank=(3, 2, 2))
+    expected = tensorcomp.subspace_iteration(X, init=start)
+
+    class Factors:  # what the adapters keep between steps: the factors, not the core
+        def __init__(self, factors):
+            self.factors = list(factors)
+
+    for init in (TuckerTensor((start.core, start.factors)), Factors(start.factors), Factors(tuple(start.factors))):
+        res = tensorcomp.subspace_iteration(X, init=init)
+        assert res.rank == (3, 2, 2)
+        np.testing.assert_allclose(res.to_tensor(), expected.to_tensor(), atol=1e-12)
+
+
 # ------------------------------------------------------------------------- values
 
 
