@@ -21,6 +21,8 @@ import numpy as np
 import tensorly as tl
 from threadpoolctl import ThreadpoolController
 
+from ._validate import check_real
+
 __all__ = [
     "unfold",
     "mode_product",
@@ -105,17 +107,27 @@ def rank_for_energy(energies: np.ndarray, eps: float) -> int:
 
     Parameters
     ----------
-    energies : numpy.ndarray, shape (N,)
-        Squared singular values (or Gram eigenvalues) in decreasing order.
+    energies : numpy.ndarray, shape (N,), N >= 1
+        Squared singular values (or Gram eigenvalues) in decreasing order; a
+        1-D array of real numbers (a list of them is taken too).
     eps : float
-        Fraction of the total energy to keep. ``eps >= 1`` keeps all ``N``
-        components (exact reconstruction, whatever the rounding of the
-        cumulative sum); ``eps <= 0`` and an all-zero spectrum keep one.
+        Fraction of the total energy to keep, a finite real number. ``eps >= 1``
+        keeps all ``N`` components (exact reconstruction, whatever the
+        rounding of the cumulative sum); ``eps <= 0`` and an all-zero
+        spectrum keep one.
 
     Returns
     -------
     int
         ``K`` in ``[1, N]`` with ``sum(energies[:K]) >= eps * sum(energies)``.
+
+    Raises
+    ------
+    ValueError
+        If ``energies`` is empty (there is no rank to choose) or not 1-D, or
+        ``eps`` is NaN or infinite.
+    TypeError
+        If ``energies`` does not hold real numbers, or ``eps`` is not a real number.
 
     Examples
     --------
@@ -125,7 +137,15 @@ def rank_for_energy(energies: np.ndarray, eps: float) -> int:
     >>> rank_for_energy(np.array([6.0, 3.0, 1.0]), 0.91)
     3
     """
+    energies = np.asarray(energies)
+    if energies.dtype.kind not in "biuf":
+        raise TypeError(f"energies must be real numbers (squared singular values); got an array of dtype {energies.dtype}")
+    if energies.ndim != 1:
+        raise ValueError(f"energies must be a 1-D spectrum; got an array of shape {energies.shape}")
     n = len(energies)
+    if n == 0:
+        raise ValueError("energies must not be empty: an empty spectrum has no rank to choose")
+    eps = check_real(eps, "eps")
     if eps >= 1.0:
         return n
     total = float(np.sum(energies))

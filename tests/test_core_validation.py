@@ -481,3 +481,48 @@ def test_numpy_matrix_is_rejected_before_the_backend_sees_it(monkeypatch):
 def test_dense_real_arrays_are_still_accepted(dtype):
     res = tensorcomp.hosvd((X > 0).astype(dtype) if dtype is np.bool_ else X.astype(dtype), eps=1.0)
     assert res.to_tensor().shape == X.shape
+
+
+# ---------------------------------------------------------------- rank_for_energy
+
+
+@pytest.mark.parametrize("energies", [[], (), np.array([]), np.zeros(0, dtype=np.float32)], ids=["list", "tuple", "array", "float32"])
+def test_rank_for_energy_of_an_empty_spectrum_is_a_value_error_naming_energies(energies):
+    with pytest.raises(ValueError, match=r"^energies must not be empty"):
+        tensorcomp.rank_for_energy(energies, 0.9)
+
+
+@pytest.mark.parametrize(
+    ("energies", "eps", "error", "message"),
+    [
+        (np.ones((2, 2)), 0.9, ValueError, r"^energies must be a 1-D spectrum; got an array of shape \(2, 2\)"),
+        (np.float64(3.0), 0.9, ValueError, r"^energies must be a 1-D spectrum; got an array of shape \(\)"),
+        (["a", "b"], 0.9, TypeError, r"^energies must be real numbers"),
+        (np.array([1.0 + 0j]), 0.9, TypeError, r"^energies must be real numbers.*complex128"),
+        ([3.0, 1.0], float("nan"), ValueError, r"^eps must be a finite real number; got eps=nan"),
+        ([3.0, 1.0], "0.9", TypeError, r"^eps must be a real number; got '0.9' of type str"),
+        ([3.0, 1.0], None, TypeError, r"^eps must be a real number; got None"),
+    ],
+    ids=["2-D", "scalar", "strings", "complex", "eps-nan", "eps-str", "eps-None"],
+)
+def test_rank_for_energy_rejects_bad_arguments_naming_them(energies, eps, error, message):
+    with pytest.raises(error, match=message):
+        tensorcomp.rank_for_energy(energies, eps)
+
+
+@pytest.mark.parametrize(
+    ("energies", "eps", "rank"),
+    [([6.0, 3.0, 1.0], 0.9, 2), ((6, 3, 1), np.float32(0.91), 3), ([5.0], 0.5, 1), ([0.0, 0.0], 0.5, 1), ([2.0, 1.0], 0.0, 1), ([2.0, 1.0], 1, 2)],
+)
+def test_rank_for_energy_takes_sequences_and_numpy_scalars(energies, eps, rank):
+    assert tensorcomp.rank_for_energy(energies, eps) == rank
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_size_one_spectrum_still_gives_rank_one(method):
+    # Every caller of rank_for_energy passes a non-empty spectrum; the smallest is a single value.
+    x = np.full((1, 1, 1), 2.0)
+    res = tensorcomp.decompose(x, method, eps=0.9)
+    ranks = [res.rank] if isinstance(res.rank, int) else [r for r in res.rank]
+    assert set(ranks) == {1}
+    np.testing.assert_allclose(res.to_tensor(), x)
