@@ -88,6 +88,8 @@ class FineTuneSetting:
             for p in model.get_submodule(name).parameters():
                 p.requires_grad_(True)
         self.model = model
+        # Modules, not names: a wrapper (activation checkpointing) may rename them.
+        self._frozen_norm_modules = [model.get_submodule(name) for name in self.frozen_norms]
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -95,9 +97,71 @@ class FineTuneSetting:
     def train(self) -> None:
         """Training mode for the trainable part, evaluation mode for the frozen normalisation layers."""
         self.model.train()
-        for name in self.frozen_norms:
-            self.model.get_submodule(name).eval()
+        for module in self._frozen_norm_modules:
+            module.eval()
 
 
 def count_parameters(params: Sequence[nn.Parameter]) -> int:
     return sum(p.numel() for p in params)
+
+
+class Checkpointed(nn.Module):
+    """``module`` run under non-reentrant activation checkpointing (``torch.utils.checkpoint``).
+
+    Its forward keeps only the region's inputs; backward runs the region's
+    forward again, so the gradients are exactly vanilla's. The inputs are
+    counted by an active :class:`benchmarks._census.StepCensus`, which cannot
+    see them as saved tensors.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        from ._census import StepCensus
+
+        if not torch.is_grad_enabled():
+            return self.module(*args)
+        if StepCensus.active is not None:
+            for a in args:
+                if isinstance(a, torch.Tensor):
+                    StepCensus.active.add(a)
+        return checkpoint(self.module, *args, use_reentrant=False)
+
+
+def checkpoint_trainable(model: nn.Module) -> list[str]:
+    """Run the parts of ``model`` that hold trainable parameters under :class:`Checkpointed`; returns their names.
+
+    The root is entered: each child holding a trainable parameter is wrapped
+    (the root's forward calls its children, so a child can be wrapped on its
+    own). In an ``nn.Sequential`` that is only partly trainable, the run of
+    children from the first one holding a trainable parameter to the end
+    becomes one region (its first child is replaced by the region, the others
+    by ``nn.Identity``). Any other module is wrapped whole: a residual block
+    with only its last conv trainable is recomputed whole (its frozen part
+    keeps nothing either way, but the region keeps the block's input).
+    Parameter-free children of the root stay outside the regions.
+    """
+    wrapped: list[str] = []
+
+    def trainable(module: nn.Module) -> bool:
+        return any(p.requires_grad for p in module.parameters())
+
+    for name, child in list(model.named_children()):
+        if not trainable(child):
+            continue
+        if isinstance(child, nn.Sequential) and not all(p.requires_grad for p in child.parameters()):
+            names = [n for n, _ in child.named_children()]
+            first = next(i for i, n in enumerate(names) if trainable(child.get_submodule(n)))
+            region = nn.Sequential(*(child.get_submodule(n) for n in names[first:]))
+            setattr(child, names[first], Checkpointed(region))
+            for n in names[first + 1 :]:
+                setattr(child, n, nn.Identity())
+            wrapped.append(f"{name}.{names[first]}..{names[-1]}" if len(names) - first > 1 else f"{name}.{names[first]}")
+        else:
+            setattr(model, name, Checkpointed(child))
+            wrapped.append(name)
+    return wrapped

@@ -88,5 +88,9 @@ def save_figure(fig: Any, path: Path, title: str | None = None, *, tight_layout:
         fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    from matplotlib.legend import Legend
+
+    # Legends placed outside the axes (and added as extra artists) must widen the picture, not be cut.
+    legends = [*fig.legends, *(c for ax in fig.axes for c in ax.get_children() if isinstance(c, Legend))]
+    fig.savefig(path, dpi=120, bbox_inches="tight", bbox_extra_artists=legends)
     plt.close(fig)

@@ -39,7 +39,12 @@ class Schedule:
 
 @dataclass
 class TrainLog:
-    """What a training run measured: per-step forward/backward milliseconds and losses."""
+    """What a training run measured: per-step forward/backward milliseconds and losses.
+
+    ``cuda_peak_bytes``: per step on CUDA, ``torch.cuda.max_memory_allocated``
+    during forward and backward minus ``torch.cuda.memory_allocated`` at the
+    step's start (bytes).
+    """
 
     forward_ms: list[float] = field(default_factory=list)
     backward_ms: list[float] = field(default_factory=list)
@@ -112,9 +117,10 @@ def train(
             flip = torch.rand(len(index), generator=generator) < 0.5 if schedule.flip else None
             x, y = data.batch(index, flip=flip)
             optimizer.zero_grad(set_to_none=True)
+            _sync(device)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            _sync(device)
+                at_start = torch.cuda.memory_allocated(device)
             t0 = time.perf_counter()
             loss = F.cross_entropy(model(x), y)
             _sync(device)
@@ -123,7 +129,7 @@ def train(
             _sync(device)
             t2 = time.perf_counter()
             if device.type == "cuda":
-                log.cuda_peak_bytes.append(int(torch.cuda.max_memory_allocated(device)))
+                log.cuda_peak_bytes.append(int(torch.cuda.max_memory_allocated(device)) - at_start)
             if schedule.clip:
                 torch.nn.utils.clip_grad_norm_(parameters, schedule.clip)
             optimizer.step()

@@ -54,6 +54,7 @@ from torch import nn
 
 from tensorcomp.adapters import compress_activations, convert, memory_stats
 
+from ._census import SavedCensus
 from ._cli import Parser, UsageError, check_eps, check_methods, check_positive, run_main
 from ._models import FineTuneSetting, build_model
 from ._report import machine_description, save_figure, write_table
@@ -99,33 +100,6 @@ def allocator_in_use(device: torch.device) -> Callable[[], int]:
     if in_use is None:
         raise UsageError("the CPU measure needs glibc's mallinfo2 (Linux, glibc >= 2.33); run on CUDA or on such a system")
     return in_use
-
-
-class SavedCensus(torch.autograd.graph.saved_tensors_hooks):
-    """Every tensor vanilla autograd saves in the context, each storage once (bytes).
-
-    Parameters, ``model``'s buffers and leaves that require grad (and views
-    of them) are left out, as the adapters' ``held_bytes`` leaves them out:
-    they exist before the step and after it.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        self.storages: dict[int, int] = {}
-        buffers = {b.untyped_storage().data_ptr() for b in model.buffers()}
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            base = t._base if t._base is not None else t
-            if not isinstance(base, nn.Parameter) and not (base.is_leaf and base.requires_grad):
-                storage = t.untyped_storage()
-                if storage.data_ptr() not in buffers:
-                    self.storages[storage.data_ptr()] = storage.nbytes()
-            return t
-
-        super().__init__(pack, lambda t: t)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(self.storages.values())
 
 
 # -- one setting ------------------------------------------------------------------

@@ -42,16 +42,24 @@ def test_tiny_comparison_writes_every_output(tmp_path, capsys):
     assert [r["method"] for r in rows] == methods
     assert all(r["layers"] == "2" for r in rows)
     by_method = {r["method"]: r for r in rows}
-    # Vanilla stores the activations as they are; HOSVD stores less.
-    assert float(by_method["vanilla"]["compression_ratio"]) == 1.0
-    assert int(by_method["hosvd"]["peak_bytes"]) < int(by_method["vanilla"]["peak_bytes"])
+    # Vanilla (plain autograd) holds the most; HOSVD holds less, in held bytes and in the layers' own accounting.
+    assert float(by_method["vanilla"]["held_vs_vanilla"]) == 1.0
+    assert by_method["vanilla"]["layers_peak_bytes"] == ""  # plain autograd: no converted layers
+    assert int(by_method["hosvd"]["held_bytes"]) < int(by_method["vanilla"]["held_bytes"])
+    assert float(by_method["hosvd"]["held_vs_vanilla"]) > 1.0
+    assert 0 < int(by_method["hosvd"]["layers_peak_bytes"]) < int(by_method["hosvd"]["held_bytes"])
     assert by_method["hosvd"]["eps"] == "0.9" and by_method["vanilla"]["eps"] == ""
     assert 0.0 <= float(by_method["hosvd"]["top1"]) <= 100.0
+    assert all(r["bn"] == "eval" for r in rows)
+    # One seed: the error bar is the binomial standard deviation on the 64 test images.
+    p = float(by_method["vanilla"]["top1"]) / 100
+    assert float(by_method["vanilla"]["top1_err"]) == pytest.approx(100 * (p * (1 - p) / 64) ** 0.5, abs=0.01)
 
     report = json.loads((out_dir / "results.json").read_text())
     meta = report["meta"]
-    for key in ("cpu", "cpu_cores", "torch", "device", "date", "command", "split_rule", "pretrained_top1"):
+    for key in ("cpu", "cpu_cores", "torch", "device", "date", "command", "split_rule", "pretrained_top1", "bn", "seeds"):
         assert key in meta
+    assert "eval" in meta["bn"] and {"held_bytes", "layers_peak_bytes"} <= set(meta["memory"])
     assert "--run-name tiny" in meta["command"]
     assert len(report["rows"]) == 4
     assert (out_dir / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -63,8 +71,10 @@ def test_tiny_comparison_writes_every_output(tmp_path, capsys):
     assert paper["rows"][0]["paper_hosvd_vs_vanilla"] is None  # smallcnn on digits is not in the paper
 
     printed = capsys.readouterr().out
-    assert "gradfilter_r2" in printed and "top-1 %" in printed
+    assert "gradfilter_r2" in printed and "top-1 %" in printed and "held peak" in printed
     assert "the paper's questions" in printed
+    # --no-progress still prints one line per finished run.
+    assert [line.split("]")[0] for line in printed.splitlines() if line.startswith("[")] == ["[1/4", "[2/4", "[3/4", "[4/4"]
 
     # Same settings again: the pretrained checkpoint is reused, and identical
     # seeds and data order give identical vanilla results.
@@ -143,8 +153,99 @@ def test_help_states_the_default_grid(capsys):
     assert "all methods but cp" in text
 
 
-def _row(method, eps, layers, top1, peak):
-    return {"method": method, "eps": eps, "layers": layers, "top1": top1, "peak_bytes": peak}
+def test_baselines_hold_what_they_should_and_bn_mode_and_seeds_are_recorded(tmp_path):
+    argv = [*TINY, "--methods", "vanilla", "checkpoint", "quant8_all", "save_on_cpu", "--bn", "train", "--seeds", "2",
+            "--out", str(tmp_path), "--run-name", "base"]
+    assert compare.main(argv) == 0
+    report = json.loads((tmp_path / "base" / "results.json").read_text())
+    rows = {r["method"]: r for r in report["rows"]}
+    assert report["meta"]["bn"].startswith("trainable BatchNorm layers in train mode") and report["meta"]["seeds"] == 2
+    assert all(r["bn"] == "train" for r in rows.values())
+    vanilla = rows["vanilla"]
+    # Checkpointing keeps only its regions' inputs; quantising everything holds less than vanilla too.
+    assert 0 < rows["checkpoint"]["held_bytes"] < vanilla["held_bytes"]
+    assert 0 < rows["quant8_all"]["held_bytes"] < vanilla["held_bytes"]
+    assert rows["save_on_cpu"]["host_bytes"] == rows["save_on_cpu"]["layers_peak_bytes"] > 0
+    assert rows["save_on_cpu"]["held_device_bytes"] is None  # a CPU run: host and device are one memory
+    # Two seeds: two accuracies, their mean and their sample standard deviation.
+    runs = [float(t) for t in vanilla["top1_seeds"].split()]
+    assert len(runs) == 2 and vanilla["top1"] == pytest.approx(sum(runs) / 2, abs=0.01)
+    assert vanilla["top1_err"] == pytest.approx(abs(runs[0] - runs[1]) / 2 ** 0.5, abs=0.01)
+
+
+def test_bn_eval_and_train_fine_tune_differently(tmp_path):
+    finals = {}
+    for bn in ("eval", "train"):
+        argv = [*TINY, "--methods", "vanilla", "--bn", bn, "--out", str(tmp_path), "--run-name", bn]
+        assert compare.main(argv) == 0
+        finals[bn] = json.loads((tmp_path / bn / "results.json").read_text())["rows"][0]["final_loss"]
+    assert finals["eval"] != finals["train"]
+
+
+def test_checkpointing_the_trainable_part_gives_vanillas_gradients():
+    import copy
+
+    import torch.nn.functional as F
+
+    from benchmarks._census import StepCensus
+    from benchmarks._models import FineTuneSetting, build_model, checkpoint_trainable
+
+    for name, k in (("smallcnn", 2), ("resnet18", 4)):
+        base, _ = build_model(name, 3, 10)
+        base = base.double()
+        plain, wrapped = copy.deepcopy(base), copy.deepcopy(base)
+        plain_setting, wrapped_setting = FineTuneSetting(plain, k), FineTuneSetting(wrapped, k)
+        regions = checkpoint_trainable(wrapped)
+        assert regions and regions[-1] in ("classifier", "fc")
+        x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+        y = torch.tensor([0, 1, 2, 3])
+        held = []
+        for model, setting in ((plain, plain_setting), (wrapped, wrapped_setting)):
+            setting.train()
+            census = StepCensus(model)
+            F.cross_entropy(model(x), y).backward()
+            held.append(census.peak_bytes)
+        grads = [[p.grad for p in m.parameters() if p.grad is not None] for m in (plain, wrapped)]
+        assert len(grads[0]) == len(grads[1]) > 0
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        assert 0 < held[1] < held[0]
+
+
+def test_the_census_counts_what_the_adapters_say_vanilla_holds():
+    import copy
+
+    import torch.nn.functional as F
+
+    from benchmarks._census import StepCensus
+    from benchmarks._models import FineTuneSetting, build_model
+    from tensorcomp.adapters import convert, memory_stats
+
+    base, _ = build_model("smallcnn", 1, 10)
+    x, y = torch.randn(8, 1, 32, 32), torch.arange(8)
+    for k in (2, 4):
+        plain, converted = copy.deepcopy(base), copy.deepcopy(base)
+        FineTuneSetting(plain, k).train()
+        FineTuneSetting(converted, k).train()
+        census = StepCensus(plain)
+        F.cross_entropy(plain(x), y).backward()
+        convert(converted, "hosvd", 0.9, last=k)
+        F.cross_entropy(converted(x), y).backward()
+        assert census.steps == [memory_stats(converted).held_original_bytes]
+
+
+def test_tied_and_identical_points_are_spread():
+    a = {"top1": 90.0, "top1_err": 1.0}
+    assert compare.tied(a, {"top1": 90.9, "top1_err": 0.5})
+    assert not compare.tied(a, {"top1": 91.5, "top1_err": 0.5})
+    offsets = compare.spread_identical([(1.0, 90.0), (1.001, 90.0), (5.0, 90.0), (1.0, 80.0)])
+    assert offsets[2] == offsets[3] == 1.0
+    assert offsets[0] < 1.0 < offsets[1] and offsets[0] * offsets[1] == pytest.approx(1.0)
+
+
+def _row(method, eps, layers, top1, held, err=0.1, step=10.0):
+    return {"method": method, "eps": eps, "layers": layers, "top1": top1, "held_bytes": held, "top1_err": err,
+            "forward_ms": step / 2, "backward_ms": step / 2, "layers_peak_bytes": held and held // 2, "layers_ratio": 1.0}
 
 
 def test_paper_comparison_answers_the_three_questions():
@@ -160,6 +261,8 @@ def test_paper_comparison_answers_the_three_questions():
         _row("hosvd", 0.9, 4, 70.5, 400),
         _row("gradfilter_r2", "", 4, 60.0, 100),   # stores less than HOSVD
         _row("hosvd", 0.8, 4, None, None),         # a failed run has no row in the comparison
+        _row("checkpoint", "", 2, 70.0, 300, step=13.0),  # holds more than HOSVD, more accurate: HOSVD stays on the front
+        _row("quant8_all", "", 4, 72.0, 300),      # holds less than HOSVD and is more accurate: HOSVD is dominated
     ]
     first, second = compare.paper_comparison(rows, "resnet18")
     assert (first["layers"], first["eps"]) == (2, 0.8)
@@ -168,6 +271,12 @@ def test_paper_comparison_answers_the_three_questions():
     assert first["svd_minus_hosvd_top1"] == -0.5
     assert (first["paper_hosvd_vs_vanilla"], first["paper_svd_vs_vanilla"]) == (12.6, 1.6)
     assert first["gradfilter"] == "gradfilter_r2" and first["gradfilter_minus_hosvd_top1"] == 0.4
+    assert first["svd_hosvd_tied"] is False
+    assert first["checkpoint_vs_hosvd"] == 7.5 and first["checkpoint_minus_hosvd_top1"] == 0.5
+    assert first["checkpoint_step_vs_vanilla"] == 1.3 and first["quant8_all_vs_hosvd"] is None
+    # gradfilter_r7 holds less and is more accurate: HOSVD is not on the front at k=2 either.
+    assert first["hosvd_on_front"] is False and first["dominated_by"] == "gradfilter_r7"
+    assert second["hosvd_on_front"] is False and second["dominated_by"] == "quant8_all"
     assert (second["layers"], second["eps"]) == (4, 0.9)
     assert second["hosvd_10x_less_than_svd"] is False
     assert second["paper_hosvd_vs_vanilla"] is None  # the paper's table is at eps 0.8 only
@@ -197,18 +306,25 @@ def test_rank_summary_and_table():
     assert detail["conv"] == {"mean": [5.0, 2.0, 3.0, 3.0], "min": [4, 2, 3, 3], "max": [6, 2, 3, 3]}
     assert "kept" not in detail
     row = {
-        "method": "hosvd", "eps": 0.8, "layers": 2, "top1": 90.0, "peak_bytes": 2048, "mean_bytes": 1024.0,
-        "std_bytes": 0.0, "compression_ratio": 8.0, "ranks": short, "forward_ms": 1.0, "backward_ms": 2.0,
+        "method": "hosvd", "eps": 0.8, "layers": 2, "top1": 90.0, "top1_err": 1.0, "held_bytes": 2048,
+        "held_mean_bytes": 1024.0, "held_std_bytes": 0.0, "held_vs_vanilla": 4.0, "layers_peak_bytes": 512,
+        "layers_ratio": 8.0, "ranks": short, "forward_ms": 1.0, "backward_ms": 2.0, "step_vs_vanilla": 1.5,
     }
-    table = compare.format_table([dict(row, method="vanilla", eps="", top1=91.5), row])
-    assert "-1.50" in table and "2.00 KiB" in table and "8.0x" in table
+    vanilla = dict(row, method="vanilla", eps="", top1=91.5, held_bytes=8192, layers_peak_bytes=None, layers_ratio=None)
+    table = compare.format_table([vanilla, row])
+    assert "-1.50 tied" not in table and "-1.50" in table and "2.00 KiB" in table and "4.00x" in table
+    assert "8.0x" in table and "512 B" in table and "1.50x" in table
+    assert "-0.50 tied" in compare.format_table([vanilla, dict(row, top1=91.0)])
 
 
 def test_eps_free_methods_are_registered():
     import tensorcomp.adapters  # noqa: F401
 
-    assert compare.EPS_FREE <= set(tensorcomp.available_methods())
-    assert set(compare.METHODS) <= set(tensorcomp.available_methods())
+    registered = set(tensorcomp.available_methods())
+    assert compare.EPS_FREE - set(compare.BASELINES) <= registered
+    assert set(compare.METHODS) - set(compare.BASELINES) <= registered
+    assert set(compare.BASELINES) <= set(compare.METHODS) and not set(compare.BASELINES) & registered
+    assert {spec[0] for spec in compare.BASELINES.values() if spec} <= registered
     assert set(compare.DEFAULT_METHODS) == set(compare.METHODS) - {"cp"}
     assert np.all([m in compare.METHODS for m in compare.EPS_FREE])
 
