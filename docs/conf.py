@@ -34,10 +34,13 @@ extensions = [
     "sphinx.ext.doctest",
     "sphinx.ext.intersphinx",
     "sphinx.ext.mathjax",
+    # MathJax served from _static/mathjax, not a CDN: formulas render offline.
+    "sphinx-mathjax-offline",
     "sphinx.ext.viewcode",
     "numpydoc",
     "results_tables",
     "benchmark_help",
+    "offline_check",
 ]
 
 exclude_patterns = ["_build", "_inventories", "_ext", "Thumbs.db", ".DS_Store"]
@@ -49,7 +52,8 @@ pygments_dark_style = "monokai"
 # -- HTML ---------------------------------------------------------------------
 html_theme = "furo"
 html_title = f"tensorcomp {release}"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["tables.css"]
 html_theme_options = {"navigation_with_keys": True}
 
 # -- autodoc / numpydoc ---------------------------------------------------------

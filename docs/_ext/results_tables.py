@@ -49,8 +49,12 @@ def _format(value: Any, digits: int) -> str:
         if abs(value) >= 10 ** (digits - 1):  # no exponent for large values: round to units
             return f"{value:.0f}"
         return f"{value:.{digits}g}"
-    text = str(value)
-    return text.replace("|", "\\|") if text else "–"
+    text = str(value).replace("|", "\\|")
+    if not text or text.strip() in ("-", "–"):
+        return "–"  # a bare "-" would start a bullet list inside the cell
+    if text[0] in "-*+" and (len(text) == 1 or text[1] == " "):
+        return "\\" + text
+    return text
 
 
 def _format_bytes(value: Any) -> str:
