@@ -63,7 +63,7 @@ def subspace_iteration(
         Fixed ranks; overrides both ``eps`` and ``init``'s ranks.
     init : TuckerResult, optional
         Factors to start from, of the same order as ``x``: a
-        :class:`TuckerResult`, a tensorly ``TuckerTensor``, or any object
+        :class:`~tensorcomp.TuckerResult`, a tensorly ``TuckerTensor``, or any object
         whose ``.factors`` hold one 2-D factor matrix per mode (on any
         backend; they are moved to ``x``'s).
     n_iter : int, default 1
@@ -80,8 +80,8 @@ def subspace_iteration(
         factor without columns, or ``n_iter < 1``.
     TypeError
         As :func:`hosvd`; also if ``n_iter`` is not an integer, or ``init``
-        is not a Tucker decomposition (an array, an :class:`SVDResult`,
-        :class:`CPResult` or :class:`TTResult`).
+        is not a Tucker decomposition (an array, an :class:`~tensorcomp.SVDResult`,
+        :class:`~tensorcomp.CPResult` or :class:`~tensorcomp.TTResult`).
 
     Examples
     --------
