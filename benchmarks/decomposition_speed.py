@@ -1,7 +1,8 @@
-"""Speed of :func:`tensorcomp.hosvd` against the plain algorithm and TensorLy, at identical ranks.
+"""Speed of :func:`tensorcomp.hosvd` and :func:`tensorcomp.cp` against the plain algorithm and TensorLy.
 
 On activation-shaped float32 tensors (ReLU of a random low-rank field plus
-noise, fixed seed), for each shape and ``eps``, this times:
+noise, fixed seed). ``--section hosvd`` (the default), for each shape and
+``eps``, times:
 
 ``tensorcomp``
     :func:`tensorcomp.hosvd` (ranks from ``eps``).
@@ -18,27 +19,37 @@ noise, fixed seed), for each shape and ``eps``, this times:
     The same with ``n_iter_max=2, tol=0``: HOSVD followed by two HOOI sweeps
     (slower, and a slightly smaller error than any HOSVD).
 
+``--section cp``, for each shape, times :func:`tensorcomp.cp` at each fixed
+``--ranks`` against ``tensorly.decomposition.parafac(x, rank)`` with
+TensorLy's defaults (``init="svd"``, ``n_iter_max=100``, ``tol=1e-8``), and
+the rank search ``tensorcomp.cp(x, eps)`` against ``parafac`` at the rank
+the search found.
+
 Times are medians over ``--repeats`` runs after one warm-up run; errors are
 relative Frobenius errors ``||x - x_hat|| / ||x||`` computed in float64.
 
 Run ``python -m benchmarks.decomposition_speed --help`` for the options.
-Writes ``results.csv``, ``results.json`` and ``speedup.png`` to ``--out``.
+Writes ``results.csv``, ``results.json`` and ``speedup.png`` (HOSVD) or
+``cp.csv``, ``cp.json`` and ``cp_speedup.png`` (CP) to ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shlex
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorly as tl
+from tensorly.decomposition import parafac
 from tensorly.decomposition import tucker as tensorly_tucker
 
 import tensorcomp
@@ -48,6 +59,9 @@ from ._cli import Parser, UsageError, check_eps, check_positive, run_main
 
 DEFAULT_SHAPES = ("128x512x4x4", "128x256x8x8", "128x128x16x16", "64x32x56x56")
 EPS_VALUES = (0.8, 0.9)
+CP_SHAPES = ("64x32x16x16", "128x64x8x8")
+CP_RANKS = (4, 8)
+CP_EPS = (0.8,)
 HOOI_SWEEPS = 2
 OUT = Path(__file__).parent / "results" / "decomposition_speed"
 
@@ -192,6 +206,51 @@ def run_case(x: Any, backend: str, eps: float, repeats: int, sync: Callable[[], 
     }
 
 
+def _parafac(x: Any, rank: int) -> Callable[[], Any]:
+    """TensorLy's parafac with its defaults, on ``x``'s backend (its SVD init warns when a mode is shorter than the rank)."""
+
+    def call() -> Any:
+        with tl.backend_context("pytorch" if hasattr(x, "detach") else "numpy"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return parafac(x, rank, init="svd", n_iter_max=100)
+
+    return call
+
+
+def _cp_reconstruction(x: Any, cp_tensor: Any) -> Any:
+    with tl.backend_context("pytorch" if hasattr(x, "detach") else "numpy"):
+        return tl.cp_to_tensor(cp_tensor)
+
+
+def run_cp_case(x: Any, backend: str, task: dict[str, Any], repeats: int, sync: Callable[[], None]) -> dict[str, Any]:
+    """``tensorcomp.cp(x, **task)`` against parafac at the same rank (the searched one for an ``eps`` task)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a search that stops at max_rank is reported, not raised
+        t_ours, t_ours_min, ours = timed(lambda: tensorcomp.cp(x, **task), repeats, sync)
+    rank = ours.rank
+    t_ref, t_ref_min, reference = timed(_parafac(x, rank), repeats, sync)
+    error_ours = relative_error(x, ours.to_tensor())
+    error_ref = relative_error(x, _cp_reconstruction(x, reference))
+    (name, value), = task.items()
+    return {
+        "backend": backend,
+        "device": str(getattr(x, "device", "cpu")),
+        "shape": "x".join(map(str, tuple(x.shape))),
+        "task": f"{name}={value}",
+        "rank": rank,
+        "explained_variance": round(ours.explained_variance, 6),
+        "explained_variance_parafac": round(1.0 - error_ref**2, 6),
+        "time_tensorcomp_s": t_ours,
+        "time_parafac_s": t_ref,
+        "min_time_tensorcomp_s": t_ours_min,
+        "min_time_parafac_s": t_ref_min,
+        "speedup_vs_parafac": t_ref / t_ours,
+        "error_tensorcomp": error_ours,
+        "error_parafac": error_ref,
+        "error_ratio": error_ours / error_ref,
+    }
+
+
 # -------------------------------------------------------------------- output
 
 
@@ -241,6 +300,50 @@ def plot(rows: list[dict[str, Any]], path: Path, meta: dict[str, Any]) -> None:
     _report.save_figure(fig, path)
 
 
+def print_cp_table(rows: list[dict[str, Any]]) -> None:
+    header = (
+        f"{'backend':<7} {'shape':<14} {'task':<9} {'rank':>4} {'ours ms':>9} {'parafac ms':>10} {'speedup':>7}  "
+        f"{'err ours':>8} {'parafac':>7} {'ratio':>6}  {'EV ours':>7} {'parafac':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['backend']:<7} {r['shape']:<14} {r['task']:<9} {r['rank']:>4} {1e3 * r['time_tensorcomp_s']:>9.1f} "
+            f"{1e3 * r['time_parafac_s']:>10.1f} {r['speedup_vs_parafac']:>7.1f}  {r['error_tensorcomp']:>8.4f} "
+            f"{r['error_parafac']:>7.4f} {r['error_ratio']:>6.3f}  {r['explained_variance']:>7.4f} "
+            f"{r['explained_variance_parafac']:>7.4f}"
+        )
+
+
+def plot_cp(rows: list[dict[str, Any]], path: Path, meta: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['backend']}\n{r['shape']}\n{r['task']}" + (f" (R={r['rank']})" if r["task"].startswith("eps") else "")
+              for r in rows]
+    positions = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.9 * len(rows) + 2), 4.8))
+    bars = ax.bar(positions, [r["speedup_vs_parafac"] for r in rows], 0.6, label="tensorly parafac time / tensorcomp.cp time")
+    for bar, r in zip(bars, rows):
+        ax.annotate(f"err x{r['error_ratio']:.3f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=7)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.axhline(10.0, color="grey", linewidth=0.8, linestyle="--", label="10x")
+    ax.set_yscale("log")
+    ax.set_xticks(positions, labels, fontsize=7)
+    ax.set_ylabel("speedup of tensorcomp.cp (median time ratio)")
+    ax.set_title(
+        f"CP at the same rank as parafac (defaults), float32 ({meta['cpu']}, {meta['cpu_cores']} cores); "
+        "label: error relative to parafac's",
+        fontsize=9,
+    )
+    ax.legend(fontsize=8)
+    _report.save_figure(fig, path)
+
+
 # ---------------------------------------------------------------------- main
 
 
@@ -286,14 +389,21 @@ PROG = "python -m benchmarks.decomposition_speed"
 def build_parser() -> Parser:
     parser = Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     add = parser.add_argument
+    add("--section", choices=["hosvd", "cp"], default="hosvd",
+        help="hosvd: tensorcomp.hosvd against a full-SVD HOSVD and TensorLy; "
+             "cp: tensorcomp.cp at fixed ranks and its eps search against TensorLy's parafac")
     add("--repeats", type=int, default=3, help="timed runs per method, after one warm-up (median reported)")
-    add("--shapes", type=parse_shape, nargs="+", default=list(DEFAULT_SHAPES), metavar="BxCxHxW",
-        help="activation shapes")
-    add("--eps", type=float, nargs="+", default=list(EPS_VALUES), help="energy fractions kept per mode, in (0, 1]")
+    add("--shapes", type=parse_shape, nargs="+", metavar="BxCxHxW",
+        help=f"activation shapes (default: {' '.join(DEFAULT_SHAPES)}; with --section cp: {' '.join(CP_SHAPES)})")
+    add("--eps", type=float, nargs="+",
+        help=f"hosvd: energy fractions kept per mode, cp: targets of the rank search, in (0, 1] "
+             f"(default: {' '.join(map(str, EPS_VALUES))}; with --section cp: {' '.join(map(str, CP_EPS))})")
+    add("--ranks", type=int, nargs="+", default=list(CP_RANKS), help="fixed CP ranks timed by --section cp")
     add("--backend", choices=["numpy", "torch", "both"], default="both", help="TensorLy backend of the inputs")
     add("--device", choices=["cpu", "cuda"], default="cpu", help="device of the torch tensors")
     add("--out", type=Path, default=OUT,
-        help="folder for results.csv/json and speedup.png (default: benchmarks/results/decomposition_speed of this checkout)")
+        help="folder for results.csv/json and speedup.png, or cp.csv/json and cp_speedup.png "
+             "(default: benchmarks/results/decomposition_speed of this checkout)")
     add("--threads", type=int, default=1, help="BLAS/LAPACK/OpenMP threads for every method (0: as the libraries set them)")
     return parser
 
@@ -306,18 +416,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
+    cp = args.section == "cp"
+    if args.shapes is None:
+        args.shapes = list(CP_SHAPES if cp else DEFAULT_SHAPES)
+    if args.eps is None:
+        args.eps = list(CP_EPS if cp else EPS_VALUES)
     args.shapes = [parse_shape(s) if isinstance(s, str) else s for s in args.shapes]
     check_eps(args.eps)
-    check_positive(repeats=args.repeats)
+    check_positive(repeats=args.repeats, ranks=min(args.ranks))
     if args.threads < 0:
         raise UsageError(f"--threads must be >= 0; got {args.threads}")
     with limit_threads(args.threads) if args.threads else contextlib.nullcontext():
-        run(args)
+        (run_cp if cp else run)(args)
     return 0
 
 
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Time every method on every shape, eps and backend; write the tables and the chart; return the rows."""
+DATA = "ReLU(Tucker field of ranks (8,8,3,3), cosine spatial factors, + 0.5 sd Gaussian noise), float32, seed 0"
+
+
+def _setup(args: argparse.Namespace) -> tuple[list[str], Callable[[], None], dict[str, Any]]:
+    """The backends to run, the torch device's synchronisation and the run's metadata."""
     backends = ["numpy", "torch"] if args.backend == "both" else [args.backend]
     sync: Callable[[], None] = lambda: None  # noqa: E731
     if "torch" in backends:
@@ -332,7 +450,25 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     meta["command"] = " ".join(["python -m benchmarks.decomposition_speed", *map(shlex.quote, args.argv)])
     meta["repeats"] = args.repeats
     meta["threads"] = args.threads or "library defaults"
-    meta["data"] = "ReLU(Tucker field of ranks (8,8,3,3), cosine spatial factors, + 0.5 sd Gaussian noise), float32, seed 0"
+    meta["data"] = DATA
+    return backends, sync, meta
+
+
+def _inputs(args: argparse.Namespace, backend: str) -> Iterator[Any]:
+    """The activation tensor of every shape, on ``backend`` (and ``--device`` for torch)."""
+    for shape in args.shapes:
+        data = activation(shape)
+        if backend == "torch":
+            import torch
+
+            yield torch.from_numpy(data).to(args.device)
+        else:
+            yield data
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Time every method on every shape, eps and backend; write the tables and the chart; return the rows."""
+    backends, sync, meta = _setup(args)
     meta["compared"] = (
         "tensorcomp.hosvd; plain = full SVD of each unfolding + energy truncation + core by mode products; "
         "tensorly_hosvd = tensorly.decomposition.tucker(init='svd', n_iter_max=0) at tensorcomp's ranks; "
@@ -341,14 +477,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     rows = []
     for backend in backends:
-        for shape in args.shapes:
-            data = activation(shape)
-            if backend == "torch":
-                import torch
-
-                x = torch.from_numpy(data).to(args.device)
-            else:
-                x = data
+        for x in _inputs(args, backend):
             for eps in args.eps:
                 row = run_case(x, backend, eps, args.repeats, sync if backend == "torch" else (lambda: None))
                 rows.append(row)
@@ -365,6 +494,39 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     _report.write_table(args.out / "results", rows, meta)
     plot(rows, args.out / "speedup.png", meta)
     print(f"\nwrote {args.out}/results.csv, results.json, speedup.png")
+    return rows
+
+
+def run_cp(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Time tensorcomp.cp and parafac at every rank, and the eps search, on every shape and backend; write the tables."""
+    backends, sync, meta = _setup(args)
+    meta["compared"] = (
+        "tensorcomp.cp(x, rank=R) and tensorcomp.cp(x, eps) (its rank search) against "
+        "tensorly.decomposition.parafac(x, R, init='svd', n_iter_max=100) (TensorLy's defaults: tol=1e-8, "
+        "no normalisation, no line search) at the same rank, for an eps task the rank the search found"
+    )
+    meta["load_average_start"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    tasks = [{"rank": r} for r in args.ranks] + [{"eps": e} for e in args.eps]
+    rows = []
+    for backend in backends:
+        for x in _inputs(args, backend):
+            for task in tasks:
+                row = run_cp_case(x, backend, task, args.repeats, sync if backend == "torch" else (lambda: None))
+                rows.append(row)
+                print(
+                    f"{backend} {row['shape']} {row['task']}: rank {row['rank']} {1e3 * row['time_tensorcomp_s']:.1f} ms "
+                    f"vs parafac {1e3 * row['time_parafac_s']:.1f} ms (x{row['speedup_vs_parafac']:.1f}), "
+                    f"error {row['error_tensorcomp']:.4f} vs {row['error_parafac']:.4f}",
+                    flush=True,
+                )
+    meta["load_average_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+    print()
+    print_cp_table(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    _report.write_table(args.out / "cp", rows, meta)
+    plot_cp(rows, args.out / "cp_speedup.png", meta)
+    print(f"\nwrote {args.out}/cp.csv, cp.json, cp_speedup.png")
     return rows
 
 

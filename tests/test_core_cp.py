@@ -4,6 +4,7 @@ No timing assertions: speed is measured by ``python -m benchmarks.decomposition_
 """
 
 import importlib
+import json
 import math
 import warnings
 
@@ -319,3 +320,34 @@ def test_bad_options_raise_naming_the_option(option, value, error):
 def test_numpy_scalars_and_boundary_values_are_accepted(options):
     res = tensorcomp.cp(X, eps=0.5, **options)
     assert_finite(res)
+
+
+# --------------------------------------------------------------- benchmark
+
+
+def test_benchmark_cp_section_writes_its_own_tables(tmp_path):
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("threadpoolctl")
+    from benchmarks import decomposition_speed
+
+    argv = ["--section", "cp", "--shapes", "8x6x4x4", "--ranks", "2", "--eps", "0.8", "--repeats", "1"]
+    assert decomposition_speed.main([*argv, "--backend", "numpy", "--out", str(tmp_path)]) == 0
+    saved = json.loads((tmp_path / "cp.json").read_text())
+    rows = saved["rows"]
+    assert [(r["backend"], r["task"]) for r in rows] == [("numpy", "rank=2"), ("numpy", "eps=0.8")]
+    assert rows[0]["rank"] == 2 and rows[0]["error_ratio"] <= 1.01
+    assert rows[1]["explained_variance"] >= 0.8
+    assert rows[1]["error_tensorcomp"] == pytest.approx(math.sqrt(1 - rows[1]["explained_variance"]), abs=1e-5)
+    assert saved["meta"]["command"].startswith("python -m benchmarks.decomposition_speed --section cp")
+    assert "load_average_start" in saved["meta"]
+    assert (tmp_path / "cp.csv").read_text().startswith("# date:")
+    assert (tmp_path / "cp_speedup.png").stat().st_size > 0
+    assert not (tmp_path / "results.json").exists()  # the HOSVD section's tables are left alone
+
+
+def test_benchmark_rejects_a_zero_rank(tmp_path, capsys):
+    from benchmarks import decomposition_speed
+
+    assert decomposition_speed.main(["--section", "cp", "--ranks", "0", "--out", str(tmp_path / "out")]) == 2
+    assert "--ranks must be a positive integer" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
