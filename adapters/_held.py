@@ -134,7 +134,9 @@ class _RawHold:
         self._release = release
 
     def __del__(self) -> None:
-        self._release()
+        release = getattr(self, "_release", None)  # absent where a tracer copied the object without __init__
+        if release is not None:
+            release()
 
 
 class HeldStep:

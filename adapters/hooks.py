@@ -164,10 +164,12 @@ class compress_activations(torch.autograd.graph.saved_tensors_hooks):
 
     Notes
     -----
-    Not supported: double backward (``create_graph=True``; the policy's
-    functions are ``once_differentiable``: run that step without the
-    context), :func:`torch.func.grad` and :func:`torch.compile` (PyTorch's
-    saved-tensor hooks save no memory under compilation, pytorch#148222).
+    Not supported, each with one clear ``RuntimeError``: double backward
+    (``create_graph=True``: a compressed weight gradient cannot be
+    differentiated again; run that step without the context),
+    :func:`torch.compile` (PyTorch's saved-tensor hooks save no memory under
+    compilation, pytorch#148222) and :func:`torch.func.grad` (refused by
+    PyTorch itself).
     Inside another saved-tensor hook entered within the context (a
     non-reentrant :func:`torch.utils.checkpoint.checkpoint` region,
     ``save_on_cpu``) the ops run as vanilla autograd and that hook decides

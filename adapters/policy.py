@@ -37,6 +37,7 @@ ledger (:mod:`tensorcomp.adapters._held`, NOTE [ Held memory ]).
 from __future__ import annotations
 
 import math
+import functools
 import threading
 import weakref
 from collections.abc import Callable
@@ -65,6 +66,32 @@ def active_session() -> Session | None:
     """The innermost running session on this thread, if any."""
     stack = getattr(_local, "stack", None)
     return stack[-1] if stack else None
+
+
+_DOUBLE_BACKWARD = (
+    "compressed activations give first-order gradients only: backward ran with create_graph=True (double backward, "
+    "a gradient penalty, a higher-order derivative), which would silently differentiate a compressed gradient as a "
+    "constant. Run that step outside compress_activations(...) or on a model that was not converted; activation "
+    "checkpointing (torch.utils.checkpoint) supports double backward"
+)
+_COMPILE = (
+    "compressed activations run on eager tensors only: torch.compile traces saved-tensor hooks without saving "
+    "memory (pytorch#148222) and cannot trace the compression policy. Compile the model without "
+    "compress_activations(...)/convert(...), or run the compressed model eagerly"
+)
+
+
+def _first_order(backward: Callable[..., Any]) -> Callable[..., Any]:
+    """``once_differentiable``, with one clear error when backward runs with ``create_graph=True``."""
+    once = once_differentiable(backward)
+
+    @functools.wraps(backward)
+    def run(ctx: Any, *grads: Any) -> Any:
+        if torch.is_grad_enabled():
+            raise RuntimeError(_DOUBLE_BACKWARD)
+        return once(ctx, *grads)
+
+    return run
 
 
 def _no_torch_function() -> Any:
@@ -97,6 +124,15 @@ def _keep(obj: Any) -> torch.Tensor:
     return token
 
 
+def _kept(token: torch.Tensor) -> Any:
+    """What :func:`_keep` put in ``token``; a clear error where a tracer replaced the token by a plain tensor."""
+    try:
+        return token.kept
+    except AttributeError:
+        # torch.compile's graph saves its own tensors in place of the policy's tokens.
+        raise RuntimeError(_COMPILE) from None
+
+
 # -- layers: conv and linear ---------------------------------------------------------------------
 
 
@@ -119,10 +155,10 @@ class _Conv2dFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @_first_order
     def backward(ctx, grad_output):  # type: ignore[override]
         weight, kept = ctx.saved_tensors
-        packed = kept.kept
+        packed = _kept(kept)
         stride, pads, dilation, groups = ctx.geometry
         grad_input = grad_weight = grad_bias = None
         with torch.autocast(grad_output.device.type, enabled=False), _no_torch_function():
@@ -176,7 +212,7 @@ class _ConvNdFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @_first_order
     def backward(ctx, grad_output):  # type: ignore[override]
         weight, kept = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.params
@@ -185,7 +221,7 @@ class _ConvNdFunction(torch.autograd.Function):
         with torch.autocast(grad_output.device.type, enabled=False), _no_torch_function():
             w = weight.to(grad_output.dtype)
             if ctx.needs_input_grad[1]:
-                x = kept.kept.unpack().to(grad_output.dtype)
+                x = _kept(kept).unpack().to(grad_output.dtype)
             else:
                 x = grad_output.new_empty(ctx.input_shape)
             mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
@@ -211,10 +247,10 @@ class _LinearFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @_first_order
     def backward(ctx, grad_output):  # type: ignore[override]
         weight, kept = ctx.saved_tensors
-        packed = kept.kept
+        packed = _kept(kept)
         grad_input = grad_weight = grad_bias = None
         with torch.autocast(grad_output.device.type, enabled=False), _no_torch_function():
             w = weight.to(grad_output.dtype)
@@ -270,10 +306,10 @@ class _MaskFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @_first_order
     def backward(ctx, grad):  # type: ignore[override]
         with _no_torch_function():
-            mask = ctx.saved_tensors[0].kept.unpack()
+            mask = _kept(ctx.saved_tensors[0]).unpack()
             other = grad * ctx.slope if ctx.slope else torch.zeros((), dtype=grad.dtype, device=grad.device)
             return torch.where(mask, grad, other), None, None, None, None
 
@@ -356,10 +392,10 @@ class _DropoutFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @_first_order
     def backward(ctx, grad):  # type: ignore[override]
         with _no_torch_function():
-            return torch.ops.aten.native_dropout_backward(grad, ctx.saved_tensors[0].kept.unpack(), ctx.scale), None, None, None
+            return torch.ops.aten.native_dropout_backward(grad, _kept(ctx.saved_tensors[0]).unpack(), ctx.scale), None, None, None
 
 
 class _MaxPool2dFunction(torch.autograd.Function):
@@ -379,13 +415,13 @@ class _MaxPool2dFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @_first_order
     def backward(ctx, grad):  # type: ignore[override]
         shape, stride, dtype, device = ctx.input_layout
         with _no_torch_function():
             # The kernel reads only the input's sizes and layout, not its values.
             like = torch.empty_strided(shape, stride, dtype=grad.dtype, device=device)
-            grad_input = torch.ops.aten.max_pool2d_with_indices_backward(grad, like, *ctx.args, ctx.saved_tensors[0].kept.long())
+            grad_input = torch.ops.aten.max_pool2d_with_indices_backward(grad, like, *ctx.args, _kept(ctx.saved_tensors[0]).long())
         return grad_input, None, None, None, None, None, None
 
 
@@ -426,10 +462,10 @@ class _BatchNormEvalFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @_first_order
     def backward(ctx, grad):  # type: ignore[override]
         running_mean, running_var, weight, bias, kept = ctx.saved_tensors
-        kept = kept.kept
+        kept = _kept(kept)
         shape = [1, -1] + [1] * (grad.dim() - 2)
         dims = [d for d in range(grad.dim()) if d != 1]
         grad_input = grad_weight = grad_bias = None
@@ -464,12 +500,12 @@ class _NormRebuildFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @_first_order
     def backward(ctx, grad):  # type: ignore[override]
         weight, bias, kept, *stats = ctx.saved_tensors
         mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]]
         with _no_torch_function():
-            x = kept.kept.unpack().to(grad.dtype)
+            x = _kept(kept).unpack().to(grad.dtype)
             gi, gw, gb = ctx.backward_fn(grad.contiguous(), x, weight, bias, stats, mask)
         return gi, gw, gb, None, None, None
 
@@ -522,6 +558,8 @@ class _Mode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
         kwargs = kwargs or {}
+        if torch.compiler.is_compiling():
+            raise RuntimeError(_COMPILE)
         session = self.session
         if session._pending and func not in _METADATA and getattr(func, "__name__", "") != "__get__":
             session.consumed(func, args, kwargs)
@@ -583,6 +621,8 @@ class Session:
 
     # -- lifetime ------------------------------------------------------------
     def start(self) -> None:
+        if torch.compiler.is_compiling():
+            raise RuntimeError(_COMPILE)
         self.ledger = HeldLedger()
         self._counts = {}
         self._op_counts = {}

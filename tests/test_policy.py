@@ -692,3 +692,44 @@ def test_a_checkpointed_region_runs_vanilla_inside_and_is_recorded_once(style):
     for name in expected:
         if name != "head.weight":
             torch.testing.assert_close(got[name], expected[name], rtol=1e-9, atol=1e-12)
+
+
+def _conv_relu_linear():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+
+
+@pytest.mark.parametrize("style", ["hooks", "convert"])
+def test_double_backward_raises_one_clear_error_instead_of_a_constant_gradient(style):
+    model = _conv_relu_linear()
+    x = torch.randn(2, 3, 8, 8)
+    if style == "convert":
+        convert(model, "hosvd", 0.9)
+        out = model(x).sum()
+    else:
+        with compress_activations(model, "hosvd", 0.9):
+            out = model(x).sum()
+    with pytest.raises(RuntimeError, match=r"first-order gradients only.*create_graph=True"):
+        torch.autograd.grad(out, [model[0].weight], create_graph=True)
+    # First-order backward of a fresh step is unaffected.
+    with compress_activations(model, "hosvd", 0.9):
+        model(x).sum().backward()
+    assert model[0].weight.grad is not None
+
+
+def test_torch_compile_of_a_converted_model_raises_one_clear_error():
+    model = _conv_relu_linear()
+    convert(model, "hosvd", 0.9)
+    compiled = torch.compile(model)
+    with pytest.raises(RuntimeError, match=r"eager tensors only: torch.compile"):
+        compiled(torch.randn(2, 3, 8, 8)).sum().backward()
+
+
+def test_torch_func_grad_raises_pytorchs_own_clear_error():
+    from torch.func import functional_call, grad
+
+    model = _conv_relu_linear()
+    convert(model, "hosvd", 0.9)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    with pytest.raises(RuntimeError, match=r"saved tensor hooks"):
+        grad(lambda p: functional_call(model, p, (torch.randn(2, 3, 8, 8),)).sum())(params)
