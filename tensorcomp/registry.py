@@ -33,9 +33,9 @@ def register(name: str, fn: Callable[..., Any], *, overwrite: bool = False) -> C
     Raises
     ------
     ValueError
-        If ``name`` is taken and ``overwrite`` is false, or is not a non-empty string.
+        If ``name`` is taken and ``overwrite`` is false, or is empty.
     TypeError
-        If ``fn`` is not callable.
+        If ``name`` is not a string or ``fn`` is not callable.
 
     Examples
     --------
@@ -46,7 +46,9 @@ def register(name: str, fn: Callable[..., Any], *, overwrite: bool = False) -> C
     >>> "rank_one" in tensorcomp.available_methods()
     True
     """
-    if not isinstance(name, str) or not name:
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a non-empty string; got {name!r} of type {type(name).__name__}")
+    if not name:
         raise ValueError(f"name must be a non-empty string; got {name!r}")
     if not callable(fn):
         raise TypeError(f"fn must be callable; got {fn!r}")

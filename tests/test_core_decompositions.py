@@ -470,9 +470,9 @@ def test_register_a_user_method_and_reject_duplicates():
         registry._METHODS.pop("test_rank_one", None)
 
 
-@pytest.mark.parametrize("name", ["", None, 3])
-def test_register_rejects_bad_names(name):
-    with pytest.raises(ValueError, match="name"):
+@pytest.mark.parametrize("name, error", [("", ValueError), (None, TypeError), (3, TypeError)])
+def test_register_rejects_bad_names(name, error):
+    with pytest.raises(error, match="name must be a non-empty string"):
         tensorcomp.register(name, tensorcomp.svd)
 
 
