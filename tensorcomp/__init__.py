@@ -4,7 +4,7 @@ from ._algebra import rank_for_energy
 from ._results import CPResult, SVDResult, TTResult, TuckerResult
 from .cp import cp
 from .hosvd import hosvd
-from .registry import available_methods, decompose, register
+from .registry import MethodInfo, available_methods, decompose, method_info, register
 from .subspace import subspace_iteration
 from .svd import svd
 from .tt import tt
@@ -12,16 +12,14 @@ from .tucker import tucker
 
 __version__ = "0.1.0"
 
-for _name, _fn in [
-    ("svd", svd),
-    ("hosvd", hosvd),
-    ("tucker", tucker),
-    ("cp", cp),
-    ("tt", tt),
-    ("subspace", subspace_iteration),
-]:
-    register(_name, _fn)
-del _name, _fn
+# The core methods and what each can do: code that needs a capability reads
+# it from the catalogue (tensorcomp.method_info), never from the name.
+register("svd", svd, linear_view="tokens")
+register("hosvd", hosvd)
+register("tucker", tucker)
+register("cp", cp)
+register("tt", tt)
+register("subspace", subspace_iteration, warm_start=True)
 
 __all__ = [
     "svd",
@@ -33,6 +31,8 @@ __all__ = [
     "decompose",
     "register",
     "available_methods",
+    "method_info",
+    "MethodInfo",
     "rank_for_energy",
     "SVDResult",
     "TuckerResult",
