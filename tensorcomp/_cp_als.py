@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import scipy.linalg
 import tensorly as tl
 from tensorly.backend import BackendManager
 
@@ -59,6 +60,19 @@ def _add_reduce(array: np.ndarray, axis: int | None = None) -> np.ndarray:
     return np.add.reduce(array, axis=axis)
 
 
+def _cholesky_solver(dtype: Any) -> Any:
+    """``solve(a, b)`` for a symmetric positive definite ``a`` by LAPACK's ``posv``; raises if it is not."""
+    (posv,) = scipy.linalg.get_lapack_funcs(("posv",), (np.empty(1, dtype=dtype),))
+
+    def solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        _, solution, info = posv(a, b)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"posv info={info}")
+        return solution
+
+    return solve
+
+
 def _hadamard(matrices: Sequence[Any]) -> Any:
     out = matrices[0]
     for matrix in matrices[1:]:
@@ -74,9 +88,15 @@ class _Ops:
         self.dot, self.sum, self.sqrt, self.reshape = backend.dot, backend.sum, backend.sqrt, backend.reshape
         self.transpose, self.solve_system, self.to_numpy = backend.transpose, backend.solve, backend.to_numpy
         self.tensor = backend.tensor
+        # ``a @ b.T`` with ``a`` of R rows: PyTorch's CPU matmul runs it far faster
+        # than ``b @ a.T``, NumPy's BLAS the other way round.
+        self.wide = backend.backend_name != "numpy"
         if backend.backend_name == "numpy":
-            # The ufunc's own reduction and the .T view skip NumPy's Python-level wrappers.
+            # The ufunc's own reduction, the .T view and LAPACK's Cholesky solver
+            # called directly skip NumPy's Python-level wrappers, which cost more
+            # than the arithmetic on a small core.
             self.sum, self.transpose = _add_reduce, _view_transposed
+            self.solve_system = _cholesky_solver(x.dtype)
         self.context = backend.context(x)
         name = _dtype_name(x)
         self.shift = backend.eye(rank, **self.context) * _RIDGE.get(name, 1e-6)
@@ -96,26 +116,32 @@ class _Ops:
         norms = self.sqrt(self.sum(matrix * matrix, axis=0))
         return norms, matrix / (norms + self.tiny)
 
-    def khatri_rao(self, matrices: Sequence[Any]) -> Any:
-        """Column-wise Kronecker product, shape ``(prod M_k, R)``; the first matrix's row index varies slowest."""
-        out = matrices[0]
+    def khatri_rao_t(self, matrices: Sequence[Any]) -> Any:
+        """Transposed column-wise Kronecker product, shape ``(R, prod M_k)``; the first matrix's row index varies slowest."""
+        out = self.transpose(matrices[0])
         for matrix in matrices[1:]:
-            out = self.reshape(out[:, None, :] * matrix[None, :, :], (-1, matrix.shape[1]))
+            out = self.reshape(out[:, :, None] * self.transpose(matrix)[:, None, :], (out.shape[0], -1))
         return out
 
+    def dot_transposed(self, a: Any, b: Any) -> Any:
+        """``a @ b.T``."""
+        if self.wide:
+            return self.dot(a, self.transpose(b))
+        return self.transpose(self.dot(b, self.transpose(a)))
+
     def contract(self, t: Any, factors: Sequence[Any | None]) -> Any:
-        """``t`` of shape ``(M_0, ..., M_{k-1}, R)`` summed over each axis ``a`` whose ``factors[a]`` is given,
-        weighted by ``factors[a][:, r]`` (the component index ``r``, the last axis, is shared)."""
+        """``t`` of shape ``(R, M_0, ..., M_{k-1})`` summed over each mode axis ``a`` whose ``factors[a]`` is given,
+        weighted by ``factors[a][:, r]`` (the component index ``r``, the first axis, is shared)."""
         for axis in reversed(range(len(factors))):
             factor = factors[axis]
             if factor is not None:
-                shape = [1] * (len(t.shape) - 1) + [factor.shape[1]]
-                shape[axis] = factor.shape[0]
-                t = self.sum(t * self.reshape(factor, tuple(shape)), axis=axis)
+                shape = [factor.shape[1]] + [1] * (len(t.shape) - 1)
+                shape[axis + 1] = factor.shape[0]
+                t = self.sum(t * self.reshape(self.transpose(factor), tuple(shape)), axis=axis + 1)
         return t
 
-    def solve(self, mttkrp: Any, system: Any) -> Any:
-        """``mttkrp @ inv(system + ridge * I)``: the least-squares update of one factor.
+    def solve(self, rhs: Any, system: Any) -> Any:
+        """``inv(system + ridge * I) @ rhs``: with ``rhs`` a transposed MTTKRP, the transposed least-squares update.
 
         ``system`` is a Hadamard product of unit-column Gram matrices (unit
         diagonal, positive semi-definite), so the ridge makes it positive
@@ -123,11 +149,11 @@ class _Ops:
         """
         system = system + self.shift
         try:
-            return self.transpose(self.solve_system(system, self.transpose(mttkrp)))
+            return self.solve_system(system, rhs)
         except Exception:  # noqa: BLE001 - any backend's singular-system error
             g = np.asarray(self.to_numpy(system), dtype=np.float64)
-            m = np.asarray(self.to_numpy(mttkrp), dtype=np.float64)
-            return self.tensor(m @ np.linalg.pinv(g, hermitian=True), **self.context)
+            b = np.asarray(self.to_numpy(rhs), dtype=np.float64)
+            return self.tensor(np.linalg.pinv(g, hermitian=True) @ b, **self.context)
 
 
 class ALS:
@@ -184,14 +210,18 @@ class ALS:
     # ----------------------------------------------------------- products
 
     def _leading_partial(self, factors: Sequence[Any]) -> Any:
-        """``x`` contracted with the trailing factors: shape ``(M_0, ..., M_{h-1}, R)``."""
-        product = self.ops.dot(self.matrix, self.ops.khatri_rao(factors[self.split :]))
-        return self.ops.reshape(product, self.shape[: self.split] + (self.rank,))
+        """``x`` contracted with the trailing factors: shape ``(R, M_0, ..., M_{h-1})``.
+
+        Both partials are formed as (R x big) products, in the orientation
+        each backend multiplies fastest (:meth:`_Ops.dot_transposed`).
+        """
+        product = self.ops.dot_transposed(self.ops.khatri_rao_t(factors[self.split :]), self.matrix)
+        return self.ops.reshape(product, (self.rank,) + self.shape[: self.split])
 
     def _trailing_partial(self, factors: Sequence[Any]) -> Any:
-        """``x`` contracted with the leading factors: shape ``(M_h, ..., M_{d-1}, R)``."""
-        product = self.ops.dot(self.ops.transpose(self.matrix), self.ops.khatri_rao(factors[: self.split]))
-        return self.ops.reshape(product, self.shape[self.split :] + (self.rank,))
+        """``x`` contracted with the leading factors: shape ``(R, M_h, ..., M_{d-1})``."""
+        product = self.ops.dot(self.ops.khatri_rao_t(factors[: self.split]), self.matrix)
+        return self.ops.reshape(product, (self.rank,) + self.shape[self.split :])
 
     def inner(self, factors: Sequence[Any]) -> Any:
         """``<x, a_r o b_r o ...>`` for each component ``r``, shape (R,); keeps the leading partial."""
@@ -208,13 +238,16 @@ class ALS:
     # -------------------------------------------------------------- sweeps
 
     def _update_group(self, partial: Any, modes: range) -> tuple[Any, Any, Any]:
-        """Update ``modes`` in order from their partial MTTKRP; returns the last one's MTTKRP, solution and system."""
+        """Update ``modes`` in order from their partial MTTKRP.
+
+        Returns the last mode's transposed MTTKRP, transposed solution and system.
+        """
         ops = self.ops
         for mode in modes:
             mttkrp = ops.contract(partial, [None if m == mode else self.factors[m] for m in modes])
             system = _hadamard([g for m, g in enumerate(self.grams) if m != mode])
             combined = ops.solve(mttkrp, system)
-            self.weights, self.factors[mode] = ops.normalise(combined)
+            self.weights, self.factors[mode] = ops.normalise(ops.transpose(combined))
             self.grams[mode] = ops.gram(self.factors[mode])
         return mttkrp, combined, system
 
@@ -231,7 +264,7 @@ class ALS:
         mttkrp, combined, system = self._update_group(partial, range(split, len(self.factors)))
         # With C the last mode's solution (weights included), V its system and M
         # its MTTKRP: ||x_hat||^2 = sum((C^T C) * V) and <x, x_hat> = sum(M * C).
-        residual = ops.sum(ops.gram(combined) * system) - 2.0 * ops.sum(mttkrp * combined)
+        residual = ops.sum(ops.gram(ops.transpose(combined)) * system) - 2.0 * ops.sum(mttkrp * combined)
         self.error = max(self.total + ops.host(residual), 0.0) + self.discarded
         self.sweeps += 1
         return self.error
@@ -255,7 +288,8 @@ class ALS:
             grams[mode] = ops.gram(candidate[mode])
             norms.append(scale)
         # The kept leading partial came from the unnormalised trailing factors.
-        self._partial = (candidate[self.split :], self._partial[1] / (_hadamard(norms[self.split :]) + ops.tiny))
+        scale = ops.reshape(_hadamard(norms[self.split :]) + ops.tiny, (self.rank,) + (1,) * self.split)
+        self._partial = (candidate[self.split :], self._partial[1] / scale)
         self.weights, self.factors, self.grams, self.error = _hadamard(norms), candidate, grams, error
         return True
 
@@ -289,7 +323,7 @@ class ALS:
     def least_squares_weights(self) -> Any:
         """Set the weights that minimise the error for the current factors (ridge-regularised)."""
         ops = self.ops
-        inner = ops.reshape(self.inner(self.factors), (1, self.rank))
+        inner = ops.reshape(self.inner(self.factors), (self.rank, 1))
         self.weights = ops.reshape(ops.solve(inner, _hadamard(self.grams)), (self.rank,))
         self.error = self._error_of(self.weights, self.factors, self.grams)
         return self.weights
