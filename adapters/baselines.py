@@ -1,7 +1,9 @@
 """Baseline ways of storing activations, registered as methods next to the decompositions.
 
 Importing :mod:`tensorcomp.adapters` registers these names in the core
-registry, so :func:`~tensorcomp.adapters.compress_activations` and
+catalogue (:func:`register_baselines`, called by the package's
+``__init__``; this module registers nothing by itself), so
+:func:`~tensorcomp.adapters.compress_activations` and
 :func:`~tensorcomp.decompose` accept them like ``"hosvd"``:
 
 ``"vanilla"``
@@ -18,7 +20,9 @@ registry, so :func:`~tensorcomp.adapters.compress_activations` and
 
 Each registered function is ``fn(x, eps=..., **kwargs)`` like the core
 methods; ``eps`` is accepted for a uniform interface and ignored, since none
-of these methods has an energy threshold. Their results have ``to_tensor()``,
+of these methods has an energy threshold (all are registered with
+``uses_eps=False``; ``"vanilla"`` and ``"save_on_cpu"`` with ``exact=True``,
+``"vanilla"`` also with ``stores_input=True``). Their results have ``to_tensor()``,
 ``nbytes``, ``rank`` (always ``None``: these are not low-rank formats) and
 ``explained_variance`` (``1 - ||x - x_hat||^2 / ||x||^2``, 1.0 for an
 all-zero input).
@@ -33,9 +37,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tensorcomp.registry import available_methods, get_method, register
+from tensorcomp.registry import available_methods, register
 
 __all__ = [
+    "register_baselines",
     "StoredTensor",
     "PatchMeans",
     "QuantizedTensor",
@@ -500,19 +505,42 @@ class _Quantizer:
         return quantize(x, self.bits, group_size, generator=generator)
 
 
-def _register(name: str, fn: Any) -> None:
-    # This file may be imported under two module names (``tensorcomp.adapters.baselines``
-    # and, from a source checkout, ``adapters.baselines``): replace only our own entries,
-    # never a user's method of the same name.
-    existing = get_method(name) if name in available_methods() else None
-    ours = (getattr(existing, "__module__", None) or type(existing).__module__).endswith("adapters.baselines")
-    register(name, fn, overwrite=ours)
+def _baselines() -> list[tuple[str, Any, dict[str, bool]]]:
+    """Each baseline's name, function and capabilities, as :func:`tensorcomp.register` takes them."""
+    fixed = {"uses_eps": False}
+    exact = {"uses_eps": False, "exact": True}
+    return [
+        ("vanilla", _vanilla, {**exact, "stores_input": True}),
+        ("save_on_cpu", _save_on_cpu, exact),
+        *((f"gradfilter_r{patch}", _GradientFilter(patch), fixed) for patch in (2, 4, 7)),
+        *((f"quant{bits}", _Quantizer(bits), fixed) for bits in (8, 4, 2)),
+    ]
 
 
-_register("vanilla", _vanilla)
-_register("save_on_cpu", _save_on_cpu)
-for _patch in (2, 4, 7):
-    _register(f"gradfilter_r{_patch}", _GradientFilter(_patch))
-for _bits in (8, 4, 2):
-    _register(f"quant{_bits}", _Quantizer(_bits))
-del _patch, _bits
+def register_baselines() -> tuple[str, ...]:
+    """Register the baselines in the core catalogue, next to the decompositions.
+
+    Called once when :mod:`tensorcomp.adapters` is imported. Calling it again
+    is harmless: a name that is already registered (by an earlier call, or
+    by the user before the adapters were imported) is left as it is.
+
+    Returns
+    -------
+    tuple of str
+        The names this call registered (empty when every baseline already was).
+
+    Examples
+    --------
+    >>> import tensorcomp
+    >>> from tensorcomp.adapters.baselines import register_baselines
+    >>> register_baselines()  # done on import already
+    ()
+    >>> tensorcomp.method_info("vanilla").exact, tensorcomp.method_info("quant8").uses_eps
+    (True, False)
+    """
+    added = []
+    for name, fn, capabilities in _baselines():
+        if name not in available_methods():
+            register(name, fn, **capabilities)
+            added.append(name)
+    return tuple(added)
