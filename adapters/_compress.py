@@ -7,7 +7,6 @@ and the compressed layers both hold a :class:`Compressor` and store the
 
 from __future__ import annotations
 
-import inspect
 import numbers
 import warnings
 from collections.abc import Hashable
@@ -16,7 +15,7 @@ from typing import Any
 import torch
 
 from tensorcomp._validate import check_eps
-from tensorcomp.registry import get_method
+from tensorcomp.registry import MethodInfo, method_info
 
 
 class Packed:
@@ -127,11 +126,19 @@ class Compressor:
     eps : float
         Fraction of energy to keep, in (0, 1].
     refresh_every : int, optional
-        For warm-startable methods (those accepting ``init=``): choose the
-        ranks afresh from ``eps`` every this many calls per layer; ``None``
+        For warm-startable methods (registered with ``warm_start=True``,
+        which accept ``init=``): choose the ranks afresh from ``eps`` every this many calls per layer; ``None``
         keeps the first ranks for good.
     **method_kwargs
         Passed to the method on every call.
+
+    Attributes
+    ----------
+    info : MethodInfo
+        The method's catalogue record, read once here: ``warm_start``
+        decides whether ``init=`` is passed, ``stores_input`` whether the
+        activation is kept as is without calling the method, and the
+        adapters read ``linear_view`` for linear layers.
 
     Raises
     ------
@@ -142,12 +149,10 @@ class Compressor:
 
     def __init__(self, method: str, eps: float = 0.9, *, refresh_every: int | None = None, **method_kwargs: Any) -> None:
         self.method = method
-        self.fn = get_method(method)
+        self.info: MethodInfo = method_info(method)
+        self.fn = self.info.fn
         self.eps = check_eps(eps)
-        try:
-            self.warm_start = "init" in inspect.signature(self.fn).parameters
-        except (TypeError, ValueError):
-            self.warm_start = False
+        self.warm_start = self.info.warm_start
         if refresh_every is not None and (isinstance(refresh_every, bool) or not isinstance(refresh_every, int) or refresh_every < 1):
             raise ValueError(f"refresh_every must be a positive integer or None; got refresh_every={refresh_every!r}")
         self.refresh_every = refresh_every
@@ -167,7 +172,7 @@ class Compressor:
         (tokens x features for linear layers); the stored result is reshaped
         back on unpack.
         """
-        if self.method == "vanilla":
+        if self.info.stores_input:
             # Kept as is: the held-memory ledger then sees it as the raw tensor it is.
             return Packed(x.detach())
         with torch.no_grad():

@@ -934,7 +934,7 @@ def _linear(session: Session, func, args, kwargs):
     selected, name, compressor = session._layer("linear")
     if weight.requires_grad and not selected:
         return session.call(func, args, kwargs, "layer_inputs")
-    matrix_view = compressor.method == "svd"
+    matrix_view = compressor.info.linear_view == "tokens"
     store = session.storer(name, compressor, "layer_inputs", matrix_view=matrix_view)
     dtype = _autocast_dtype(x.device.type)
     with torch.autocast(x.device.type, enabled=False):
