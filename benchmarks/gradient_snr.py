@@ -118,6 +118,7 @@ def measure(setup: Any, methods: Sequence[str], eps_values: Sequence[float], k: 
     inputs = [_layer_inputs(reference, names, x) for x, _ in data]
     rows = []
     for method in methods:
+        tokens = tensorcomp.method_info(method).linear_view == "tokens"  # as the adapters present a linear layer's input
         for eps in eps_values:
             model = copy.deepcopy(reference)
             convert(model, method, eps, layers=names)
@@ -136,7 +137,7 @@ def measure(setup: Any, methods: Sequence[str], eps_values: Sequence[float], k: 
                     signal = float(grads[name].square().sum())
                     log_snr[name] += math.log10(signal / max(noise, 1e-300))
                     view = acts[name]
-                    if view.dim() > 2 and method == "svd" and isinstance(model.get_submodule(name), nn.Linear):
+                    if view.dim() > 2 and tokens and isinstance(model.get_submodule(name), nn.Linear):
                         view = view.reshape(-1, view.shape[-1])
                     kept[name] += tensorcomp.decompose(view, method, eps=eps).explained_variance
             for name in names:
