@@ -3,7 +3,8 @@
 The pieces :func:`tensorcomp.cp` is built from:
 
 * :func:`compress` projects a tensor on the leading subspaces of its mode
-  unfoldings (the factors HOSVD computes), giving a small Tucker core whose
+  unfoldings (Gram eigenvectors, as HOSVD computes them, one mode after
+  another on the already projected tensor), giving a small Tucker core whose
   CP decompositions lift back to CP decompositions of the tensor
   (CANDELINC); :func:`lift` maps the factors back;
 * :class:`ALS` runs alternating least squares sweeps on a tensor (a core or
@@ -28,6 +29,7 @@ dispatch dominates the small problems a compressed core poses.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -37,7 +39,7 @@ import scipy.linalg
 import tensorly as tl
 from tensorly.backend import BackendManager
 
-from ._algebra import leading_subspace, multi_mode_product, rank_for_energy
+from ._algebra import leading_subspace, mode_product, rank_for_energy
 
 __all__ = ["ALS", "compress", "initial_factors", "lift"]
 
@@ -329,29 +331,56 @@ class ALS:
         return self.weights
 
 
+def _truncation_order(shape: Sequence[int], ranks: Sequence[int] | None) -> list[int]:
+    """The order of modes in which sequential truncation does least work.
+
+    Step ``k`` costs about ``(M_n + K_n) * N_k`` (its Gram matrix and its
+    projection), ``N_k`` the size left after the earlier steps. With ranks
+    unknown (``eps``), the smallest modes go first: their Grams are the cheapest.
+    """
+    order = len(shape)
+    if ranks is None or order > 6:
+        return sorted(range(order), key=lambda m: shape[m])
+
+    def work(sequence: tuple[int, ...]) -> float:
+        size, total = float(math.prod(shape)), 0.0
+        for mode in sequence:
+            kept = min(ranks[mode], shape[mode])
+            if kept < shape[mode]:
+                total += (shape[mode] + kept) * size
+                size *= kept / shape[mode]
+        return total
+
+    return list(min(itertools.permutations(range(order)), key=work))
+
+
 def compress(
     x: Any, *, ranks: Sequence[int] | None = None, eps: float | None = None
 ) -> tuple[Any, list[Any | None]]:
-    """Tucker core of ``x`` on its leading mode subspaces, and those bases.
+    """Tucker core of ``x`` on leading mode subspaces, and those bases.
 
-    Each mode keeps ``ranks[n]`` vectors, or the fewest holding a fraction
-    ``eps`` of that mode's energy. A mode kept whole gets ``None`` instead
-    of an identity basis and is not multiplied.
+    The modes are truncated one after another (sequentially truncated HOSVD):
+    each basis holds the leading eigenvectors of the mode Gram matrix of
+    ``x`` already projected on the bases before it, so only the first Gram
+    is of the full tensor. The energy the core lacks is exactly the sum of
+    what the steps dropped. Each mode keeps ``ranks[n]`` vectors, or the
+    fewest holding a fraction ``eps`` of the projected tensor's energy in
+    that mode (the core then keeps at least ``1 - d (1 - eps)`` of ``x``'s
+    energy). A mode kept whole gets ``None`` instead of an identity basis
+    and is not multiplied.
     """
     shape = tuple(x.shape)
-    bases: list[Any | None] = []
-    for mode, size in enumerate(shape):
+    bases: list[Any | None] = [None] * len(shape)
+    core = x
+    for mode in _truncation_order(shape, ranks):
+        size = shape[mode]
         if ranks is not None and ranks[mode] >= size:
-            bases.append(None)
             continue
-        basis, energies = leading_subspace(x, mode, rank=None if ranks is None else ranks[mode], eps=eps)
+        basis, energies = leading_subspace(core, mode, rank=None if ranks is None else ranks[mode], eps=eps)
         if ranks is None and rank_for_energy(energies, eps) >= size:
-            basis = None
-        bases.append(basis)
-    modes = [m for m, b in enumerate(bases) if b is not None]
-    if not modes:
-        return x, bases
-    core = multi_mode_product(x, [tl.transpose(bases[m]) for m in modes], modes)
+            continue
+        bases[mode] = basis
+        core = mode_product(core, tl.transpose(basis), mode)
     return core, bases
 
 
