@@ -221,8 +221,10 @@ def cp(
 
     Algorithm. ``x`` is first compressed once to a Tucker core on the
     leading subspaces of its mode unfoldings (the eigenvectors of the mode
-    Gram matrices, as :func:`hosvd` computes them); a CP decomposition of
-    the core, lifted back through those bases, is one of ``x`` (CANDELINC).
+    Gram matrices, as :func:`hosvd` computes them, one mode after another on
+    the tensor already projected on the earlier modes' subspaces, so only
+    the first Gram is of the full tensor); a CP decomposition of the core,
+    lifted back through those bases, is one of ``x`` (CANDELINC).
     ALS runs on the core, on the host in float64 whatever the backend
     (a small problem); each sweep is followed by a trial step further along
     the last one, kept when it fits better. The lifted factors are then
@@ -235,8 +237,8 @@ def cp(
 
     With ``rank``, the core keeps ``rank + max(4, rank // 2)`` vectors per
     mode (or the whole mode). Without it the rank is searched on one core
-    whose modes keep enough vectors to drop at most a quarter of the allowed
-    error ``1 - eps``: ranks 1, 2, 4, ... are fitted until one reaches
+    whose modes keep enough vectors to drop, together, at most a quarter of
+    the allowed error ``1 - eps``: ranks 1, 2, 4, ... are fitted until one reaches
     ``eps``, each warm-started from the previous fit plus new components
     from the residual's leading mode subspaces; then the gap between the
     last failing and the first passing rank is bisected, each probe started
