@@ -126,9 +126,9 @@ class Compressor:
     eps : float
         Fraction of energy to keep, in (0, 1].
     refresh_every : int, optional
-        For warm-startable methods (registered with ``warm_start=True``,
-        which accept ``init=``): choose the ranks afresh from ``eps`` every this many calls per layer; ``None``
-        keeps the first ranks for good.
+        For warm-startable methods (registered with ``warm_start=True``;
+        they accept ``init=``): choose the ranks afresh from ``eps`` every
+        this many calls per layer; ``None`` keeps the first ranks for good.
     **method_kwargs
         Passed to the method on every call.
 

@@ -176,6 +176,7 @@ def _spy_on_compressor(model):
 
             module.compressor = spy
             module.compressor.method = compressor.method
+            module.compressor.info = compressor.info  # the catalogue record the policy reads (linear_view)
     return stored
 
 
