@@ -26,7 +26,7 @@ import hashlib
 import os
 import pickle
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,6 @@ class ImageSet:
     test_labels: np.ndarray
     classes: tuple[str, ...]
     source: str = ""
-    notes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def channels(self) -> int:
@@ -96,8 +95,7 @@ class ImageSet:
 
         train = take(self.train_images, self.train_labels, limit_train)
         test = take(self.test_images, self.test_labels, limit_test)
-        notes = dict(self.notes, limit_train=limit_train, limit_test=limit_test)
-        return ImageSet(self.name, *train, *test, self.classes, self.source, notes)
+        return ImageSet(self.name, *train, *test, self.classes, self.source)
 
     def fingerprint(self) -> str:
         """A short hash of the training images and labels (keys the pretraining cache)."""
@@ -419,3 +417,4 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     mean = total / count
     std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
     return mean.tolist(), np.maximum(std, 1e-3).tolist()
+

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
@@ -99,10 +97,6 @@ class FineTuneSetting:
         self.model.train()
         for module in self._frozen_norm_modules:
             module.eval()
-
-
-def count_parameters(params: Sequence[nn.Parameter]) -> int:
-    return sum(p.numel() for p in params)
 
 
 class Checkpointed(nn.Module):

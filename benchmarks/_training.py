@@ -87,7 +87,6 @@ def train(
     parameters: Sequence[nn.Parameter],
     *,
     set_train_mode: Callable[[], None] | None = None,
-    on_step: Callable[[int], None] | None = None,
     progress: str | None = None,
 ) -> TrainLog:
     """Train ``parameters`` of ``model`` on ``data`` with ``schedule``; time each forward and backward.
@@ -95,7 +94,7 @@ def train(
     The data order depends only on ``schedule.seed``, so runs with different
     methods see the same batches in the same order. ``set_train_mode``
     replaces ``model.train()`` (e.g. to keep frozen normalisation layers in
-    evaluation mode); ``on_step(step)`` is called after each optimizer step.
+    evaluation mode).
     """
     device = data.device
     generator = torch.Generator().manual_seed(schedule.seed)
@@ -111,7 +110,6 @@ def train(
 
         bar = tqdm(total=total_steps, desc=progress, leave=False, unit="step", dynamic_ncols=True)
     start = time.perf_counter()
-    step = 0
     for _ in range(schedule.epochs):
         for index in batches(len(data), schedule.batch_size, generator):
             flip = torch.rand(len(index), generator=generator) < 0.5 if schedule.flip else None
@@ -137,9 +135,6 @@ def train(
             log.forward_ms.append((t1 - t0) * 1e3)
             log.backward_ms.append((t2 - t1) * 1e3)
             log.losses.append(float(loss.detach()))
-            step += 1
-            if on_step is not None:
-                on_step(step)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{log.losses[-1]:.3f}", refresh=False)
