@@ -99,6 +99,13 @@ class FineTuneSetting:
             module.eval()
 
 
+def bn_eval(model: nn.Module) -> None:
+    """Every BatchNorm layer of ``model`` in evaluation mode: statistics frozen, as the paper's code fine-tunes (``set_bn_eval``)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
 class Checkpointed(nn.Module):
     """``module`` run under non-reentrant activation checkpointing (``torch.utils.checkpoint``).
 
