@@ -23,6 +23,7 @@ __all__ = [
     "check_positive",
     "load_images",
     "run_main",
+    "split_names",
 ]
 
 
@@ -66,6 +67,11 @@ def run_main(prog: str, body: Callable[[Sequence[str] | None], int], argv: Seque
         return 2
     except SystemExit as done:
         return int(done.code or 0)
+
+
+def split_names(values: Iterable[str]) -> list[str]:
+    """The names of an ``nargs="+"`` option, each value split at commas: ``a b,c`` and ``a,b c`` alike."""
+    return [name for value in values for name in value.split(",") if name]
 
 
 def check_methods(names: Iterable[str]) -> None:

@@ -26,7 +26,7 @@ import hashlib
 import os
 import pickle
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,8 @@ DATASETS = ("digits", "cifar10")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 _DATA_ROOT_ENV = "TENSORCOMP_DATA_ROOT"
 _CACHE_ENV = "TENSORCOMP_CACHE"
+#: CIFAR-10 beside the checkout, where the project's shared data lives.
+DEFAULT_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 
 
 class DataError(ValueError):
@@ -74,7 +76,6 @@ class ImageSet:
     test_labels: np.ndarray
     classes: tuple[str, ...]
     source: str = ""
-    notes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def channels(self) -> int:
@@ -96,8 +97,7 @@ class ImageSet:
 
         train = take(self.train_images, self.train_labels, limit_train)
         test = take(self.test_images, self.test_labels, limit_test)
-        notes = dict(self.notes, limit_train=limit_train, limit_test=limit_test)
-        return ImageSet(self.name, *train, *test, self.classes, self.source, notes)
+        return ImageSet(self.name, *train, *test, self.classes, self.source)
 
     def fingerprint(self) -> str:
         """A short hash of the training images and labels (keys the pretraining cache)."""
@@ -291,6 +291,11 @@ def load_cifar10(root: str | os.PathLike[str] | None, *, use_cache: bool = True)
     return data
 
 
+def cifar10_root(data_root: str | None) -> str | None:
+    """``data_root``, else :data:`DEFAULT_CIFAR` when that folder exists, else ``None``."""
+    return data_root or (str(DEFAULT_CIFAR) if DEFAULT_CIFAR.is_dir() else None)
+
+
 def load_dataset(name: str, data_root: str | None = None, *, use_cache: bool = True) -> ImageSet:
     """Load ``name`` (one of :data:`DATASETS`); ``data_root`` and ``use_cache`` concern CIFAR-10."""
     if name == "digits":
@@ -419,3 +424,15 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     mean = total / count
     std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
     return mean.tolist(), np.maximum(std, 1e-3).tolist()
+
+
+def load_image_batch(data: ImageSet, n: int, size: int, device: Any) -> tuple[Any, Any, str]:
+    """``n`` real training images of ``data`` (seeded choice) at ``size`` x ``size``, normalised, on ``device``.
+
+    Returns the images (three channels), their labels and where they came from.
+    """
+    index = np.random.default_rng(0).permutation(len(data.train_labels))[:n]
+    mean, std = channel_stats(data.train_images[index])
+    images = DeviceImages(data.train_images[index], data.train_labels[index], size, mean, std, device, channels=3)
+    x, y = images.batch(np.arange(len(index)))
+    return x, y, f"{data.name} ({data.source})"

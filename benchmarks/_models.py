@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
@@ -101,8 +99,11 @@ class FineTuneSetting:
             module.eval()
 
 
-def count_parameters(params: Sequence[nn.Parameter]) -> int:
-    return sum(p.numel() for p in params)
+def bn_eval(model: nn.Module) -> None:
+    """Every BatchNorm layer of ``model`` in evaluation mode: statistics frozen, as the paper's code fine-tunes (``set_bn_eval``)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
 
 
 class Checkpointed(nn.Module):

@@ -1,4 +1,10 @@
-"""What every benchmark writes beside its numbers: the machine, the command, the date; and its tables."""
+"""What every benchmark writes beside its numbers (the machine, the command, the date), its tables and its figures.
+
+:func:`write_table` writes the rows (CSV and JSON), :func:`text_table` prints
+them in the terminal, :func:`pyplot` is the one way to matplotlib (on the
+Agg backend: the benchmarks write PNGs and never open a window) and
+:func:`save_figure` writes a figure.
+"""
 
 from __future__ import annotations
 
@@ -73,6 +79,33 @@ def write_table(stem: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) ->
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str) + "\n")
 
 
+def text_table(
+    header: Sequence[str], lines: Sequence[Sequence[str]], left: Sequence[int] = (0,), min_widths: Sequence[int] = ()
+) -> str:
+    """Cells as an aligned text table under a ruled header: columns in ``left`` left-aligned, the others right-aligned.
+
+    A column is as wide as its widest cell, and at least ``min_widths[i]``
+    (for tables printed in parts, whose columns should line up).
+    """
+    minimum = [*min_widths, *[0] * (len(header) - len(min_widths))]
+    widths = [max(len(h), minimum[i], *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+
+    def fmt(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *map(fmt, lines)])
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot``, with the non-interactive Agg backend selected (every figure is written to a file)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def save_figure(fig: Any, path: Path, title: str | None = None, *, tight_layout: bool = True) -> None:
     """Lay out ``fig`` (with ``title`` above its panels), write it as PNG at ``path`` and close it.
 
@@ -80,8 +113,7 @@ def save_figure(fig: Any, path: Path, title: str | None = None, *, tight_layout:
     the layout pass would grow the axes over them, while ``bbox_inches="tight"``
     alone widens the picture to include them.
     """
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     if title is not None:
         fig.suptitle(title, fontsize=10)
     if tight_layout:

@@ -75,9 +75,40 @@ def batches(num: int, batch_size: int, generator: torch.Generator) -> list[torch
     return [order[i * batch_size : (i + 1) * batch_size] for i in range(full)]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class Stopwatch:
+    """Milliseconds between readings, the device's queued work finished before each reading.
+
+    CUDA kernels run asynchronously: read alone, ``time.perf_counter`` would
+    time their launch. :meth:`start` (re)starts the watch, :meth:`lap`
+    returns the milliseconds since the last ``start`` or ``lap``; both first
+    synchronise ``device`` when it is a CUDA device (on a CPU, nothing).
+
+    Examples
+    --------
+    >>> watch = Stopwatch("cpu")
+    >>> watch.start()
+    >>> forward_ms = watch.lap()   # after the forward
+    >>> backward_ms = watch.lap()  # after the backward
+    """
+
+    def __init__(self, device: Any) -> None:
+        self.device = torch.device(device)
+        self._last = time.perf_counter()
+
+    def sync(self) -> None:
+        """Wait for the work queued on the device (CUDA only)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def start(self) -> None:
+        self.sync()
+        self._last = time.perf_counter()
+
+    def lap(self) -> float:
+        self.sync()
+        now = time.perf_counter()
+        elapsed, self._last = (now - self._last) * 1e3, now
+        return elapsed
 
 
 def train(
@@ -87,7 +118,6 @@ def train(
     parameters: Sequence[nn.Parameter],
     *,
     set_train_mode: Callable[[], None] | None = None,
-    on_step: Callable[[int], None] | None = None,
     progress: str | None = None,
 ) -> TrainLog:
     """Train ``parameters`` of ``model`` on ``data`` with ``schedule``; time each forward and backward.
@@ -95,7 +125,7 @@ def train(
     The data order depends only on ``schedule.seed``, so runs with different
     methods see the same batches in the same order. ``set_train_mode``
     replaces ``model.train()`` (e.g. to keep frozen normalisation layers in
-    evaluation mode); ``on_step(step)`` is called after each optimizer step.
+    evaluation mode).
     """
     device = data.device
     generator = torch.Generator().manual_seed(schedule.seed)
@@ -104,6 +134,7 @@ def train(
     optimizer = torch.optim.SGD(parameters, lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / total_steps)))
     log = TrainLog()
+    watch = Stopwatch(device)
     (set_train_mode or model.train)()
     bar = None
     if progress is not None:
@@ -111,35 +142,26 @@ def train(
 
         bar = tqdm(total=total_steps, desc=progress, leave=False, unit="step", dynamic_ncols=True)
     start = time.perf_counter()
-    step = 0
     for _ in range(schedule.epochs):
         for index in batches(len(data), schedule.batch_size, generator):
             flip = torch.rand(len(index), generator=generator) < 0.5 if schedule.flip else None
             x, y = data.batch(index, flip=flip)
             optimizer.zero_grad(set_to_none=True)
-            _sync(device)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
                 at_start = torch.cuda.memory_allocated(device)
-            t0 = time.perf_counter()
+            watch.start()
             loss = F.cross_entropy(model(x), y)
-            _sync(device)
-            t1 = time.perf_counter()
+            log.forward_ms.append(watch.lap())
             loss.backward()
-            _sync(device)
-            t2 = time.perf_counter()
+            log.backward_ms.append(watch.lap())
             if device.type == "cuda":
                 log.cuda_peak_bytes.append(int(torch.cuda.max_memory_allocated(device)) - at_start)
             if schedule.clip:
                 torch.nn.utils.clip_grad_norm_(parameters, schedule.clip)
             optimizer.step()
             scheduler.step()
-            log.forward_ms.append((t1 - t0) * 1e3)
-            log.backward_ms.append((t2 - t1) * 1e3)
             log.losses.append(float(loss.detach()))
-            step += 1
-            if on_step is not None:
-                on_step(step)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{log.losses[-1]:.3f}", refresh=False)

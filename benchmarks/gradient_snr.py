@@ -1,7 +1,7 @@
 """How much the weight gradients change when activations are kept as truncated decompositions.
 
 For each ``eps``, the last ``k`` conv/linear layers of a pretrained model (the
-setup B of :mod:`benchmarks.compare`) are converted with
+setup B of :mod:`benchmarks.compare`, from :mod:`benchmarks._setup`) are converted with
 ``tensorcomp.adapters.convert(model, method, eps, last=k)`` and one training
 batch is run forward and backward, next to the same model unconverted. For
 each converted layer it reports
@@ -54,8 +54,8 @@ from tensorcomp.adapters import convert
 
 from ._cli import Parser, UsageError, check_eps, check_methods, check_positive, run_main
 from ._models import FineTuneSetting, candidate_layers
-from ._report import machine_description, save_figure, write_table
-from .compare import add_setup_arguments, check_setup_arguments, pretrained_setup
+from ._report import machine_description, pyplot, save_figure, text_table, write_table
+from ._setup import add_setup_arguments, parse_setup_arguments, pretrained_setup, resolve_layer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gradient_snr"
 DEFAULT_EPS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -197,11 +197,7 @@ def measure_norm_inputs(setup: Any, method: str, eps_values: Sequence[float], k:
 
 
 def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     methods = list(dict.fromkeys(r["method"] for r in rows))
     fig, axes = plt.subplots(1, len(methods), figsize=(5.5 * len(methods), 4.5), squeeze=False, sharey=True)
     eps_grid = sorted({r["eps"] for r in rows})
@@ -228,15 +224,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    check_setup_arguments(args, ("model", "image_size", "pretrain_epochs"))
+    args = parse_setup_arguments(build_parser(), argv)
     check_methods(args.methods)
     check_eps(args.eps, allow_one=False)  # at 1 the gradient noise is zero: no SNR to measure
     check_positive(batches=args.batches)
-    try:
-        k = None if args.layers == "all" else int(args.layers)
-    except ValueError:
-        raise UsageError(f"--layers takes a positive integer or 'all'; got {args.layers!r}") from None
+    k = resolve_layer(args.layers)  # 'all': None, every layer once the model is built
     setup = pretrained_setup(args)
     if args.batches * args.batch_size > len(setup.finetune):
         raise UsageError(
@@ -258,18 +250,13 @@ def _main(argv: Sequence[str] | None) -> int:
     write_table(args.out / "results", rows, meta)
     title = f"{args.dataset}, {args.model} {args.image_size}px, {args.batches} batches of {args.batch_size}"
     plot(rows, args.out / "snr.png", title)
-    header = (
-        f"{'method':<7} {'eps':>5} {'layer':<22} {'kept':>7} {'SNR':>10} {'1/(1-eps)^2':>12} {'ratio':>7} "
-        f"{'1/(1-kept)^2':>13} {'input grad diff':>16}"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(
-            f"{r['method']:<7} {r['eps']:>5g} {r['layer']:<22} {r['kept_energy']:>7.4f} {r['snr_measured']:>10.2f} "
-            f"{r['snr_predicted']:>12.2f} {r['measured_over_predicted']:>7.2f} {r['snr_predicted_from_kept']:>13.2f} "
-            f"{r['input_grad_max_rel_diff']:>16.2e}"
-        )
+    print(text_table(
+        ["method", "eps", "layer", "kept", "SNR", "1/(1-eps)^2", "ratio", "1/(1-kept)^2", "input grad diff"],
+        [[r["method"], f"{r['eps']:g}", r["layer"], f"{r['kept_energy']:.4f}", f"{r['snr_measured']:.2f}",
+          f"{r['snr_predicted']:.2f}", f"{r['measured_over_predicted']:.2f}", f"{r['snr_predicted_from_kept']:.2f}",
+          f"{r['input_grad_max_rel_diff']:.2e}"] for r in rows],
+        left=(0, 2),
+    ))
     below = [r for r in rows if r["measured_over_predicted"] < 1]
     worst = max(r["input_grad_max_rel_diff"] for r in rows)
     above_kept = sum(r["snr_measured"] >= r["snr_predicted_from_kept"] for r in rows)
@@ -285,12 +272,14 @@ def _main(argv: Sequence[str] | None) -> int:
             "in training mode; norm_inputs=exact keeps their inputs, compress decomposes them"
         )
         write_table(args.out / "norm_inputs", norm_rows, meta_norm)
-        print(f"\n{'eps':>5} {'norm inputs':>11} {'input grad':>11} {'worst other':>12} {'worst layer weight':>19}")
+        lines = []
         for eps in args.eps:
             for option in ("exact", "compress"):
                 sel = [r for r in norm_rows if r["eps"] == eps and r["norm_inputs"] == option]
                 worst = lambda kind: max((r["relative_error"] for r in sel if r["kind"] == kind), default=0.0)  # noqa: E731
-                print(f"{eps:>5g} {option:>11} {worst('input'):>11.2e} {worst('other'):>12.2e} {worst('layer weight'):>19.2e}")
+                lines.append([f"{eps:g}", option, *(f"{worst(kind):.2e}" for kind in ("input", "other", "layer weight"))])
+        print()
+        print(text_table(["eps", "norm inputs", "input grad", "worst other", "worst layer weight"], lines, left=()))
         print(f"written: {args.out / 'norm_inputs.csv'}, {args.out / 'norm_inputs.json'}")
     return 0
 

@@ -43,7 +43,6 @@ import gc
 import re
 import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,8 +55,11 @@ from tensorcomp.adapters import compress_activations, convert, memory_stats
 
 from ._census import SavedCensus
 from ._cli import Parser, UsageError, check_eps, check_methods, check_positive, run_main
-from ._models import FineTuneSetting, build_model
-from ._report import machine_description, save_figure, write_table
+from ._data import cifar10_root, load_image_batch
+from ._models import FineTuneSetting, bn_eval, build_model
+from ._report import machine_description, pyplot, save_figure, text_table, write_table
+from ._setup import pretrained_setup, resolve_images, setup_arguments
+from ._training import Stopwatch
 
 PROG = "python -m benchmarks.held_memory"
 RESULTS = Path(__file__).resolve().parent / "results" / "held_memory"
@@ -110,9 +112,7 @@ def _prepare(base: nn.Module, k: int, bn: str) -> tuple[nn.Module, list[str]]:
     setting = FineTuneSetting(model, k)
     setting.train()
     if bn == "eval":
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
+        bn_eval(model)
     return model, setting.trainable_layers
 
 
@@ -132,7 +132,7 @@ def run_way(way: str, base: nn.Module, k: int, bn: str, x: torch.Tensor, y: torc
     model, layers = _prepare(base, k, bn)
     device = x.device
     in_use = allocator_in_use(device)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    watch = Stopwatch(device)
     selects = lambda name, module: name in layers  # noqa: E731
     if way == "convert":
         convert(model, method, eps, layers=layers)
@@ -142,9 +142,9 @@ def run_way(way: str, base: nn.Module, k: int, bn: str, x: torch.Tensor, y: torc
         torch.manual_seed(step)  # the same dropout masks for every way (ours draws them as vanilla does)
         model.zero_grad(set_to_none=True)
         gc.collect()
-        sync()
+        watch.sync()
         before = in_use()
-        t0 = time.perf_counter()
+        watch.start()
         if way == "vanilla":
             census = SavedCensus(model)
             with census:
@@ -157,17 +157,15 @@ def run_way(way: str, base: nn.Module, k: int, bn: str, x: torch.Tensor, y: torc
                 out = model(x)
             stats = ctx.stats
         loss = F.cross_entropy(out, y)
-        sync()
-        t1 = time.perf_counter()
+        forward = watch.lap()
         gc.collect()
         held_alloc = in_use() - before - out.untyped_storage().nbytes() - loss.untyped_storage().nbytes()
-        t2 = time.perf_counter()
+        watch.start()
         loss.backward()
-        sync()
-        t3 = time.perf_counter()
+        backward = watch.lap()
         if step:  # the first step warms allocators, kernels and warm-started methods
-            forward_ms.append((t1 - t0) * 1e3)
-            backward_ms.append((t3 - t2) * 1e3)
+            forward_ms.append(forward)
+            backward_ms.append(backward)
             allocated.append(held_alloc)
         del out, loss
     if way == "convert":
@@ -234,14 +232,7 @@ def run_setting(label: str, base: nn.Module, k: int, bn: str, x: torch.Tensor, y
 
 def main_job_setting(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, torch.Tensor, str]:
     """The pretrained SmallCNN of ``python -m benchmarks.compare`` and a fine-tuning batch of 128 digits."""
-    from .compare import DEFAULTS, pretrained_setup
-
-    setup_args = argparse.Namespace(
-        dataset="digits", data_root=None, model="smallcnn", image_size=DEFAULTS["digits"]["image_size"],
-        pretrain_epochs=DEFAULTS["digits"]["pretrain_epochs"], batch_size=128, seed=0, device=args.device,
-        limit_train=None,
-    )
-    setup = pretrained_setup(setup_args, progress=not args.no_progress)
+    setup = pretrained_setup(setup_arguments(dataset="digits", device=args.device), progress=not args.no_progress)
     model = setup.pretrained_model()
     import numpy as np
 
@@ -252,17 +243,13 @@ def main_job_setting(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor,
 
 def torchvision_setting(name: str, args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, torch.Tensor, str]:
     """A torchvision model, random or (``--pretrain-epochs``) pretrained on setup B's first half, and a batch."""
-    from .step_cost import DEFAULT_CIFAR, load_image_batch, resolve_images
-
     if args.pretrain_epochs:
-        from .compare import pretrained_setup
-
-        root = args.data_root or (str(DEFAULT_CIFAR) if DEFAULT_CIFAR.is_dir() else None)
+        root = cifar10_root(args.data_root)
         if root is None:
             raise UsageError("--pretrain-epochs needs CIFAR-10: pass --data-root DIR")
-        setup_args = argparse.Namespace(
+        setup_args = setup_arguments(
             dataset="cifar10", data_root=root, model=name, image_size=args.image_size, pretrain_epochs=args.pretrain_epochs,
-            batch_size=128, seed=0, device=args.device, limit_train=args.limit_train,
+            device=args.device, limit_train=args.limit_train,
         )
         setup = pretrained_setup(setup_args, limit_test=1000, progress=not args.no_progress)
         import numpy as np
@@ -282,38 +269,34 @@ def torchvision_setting(name: str, args: argparse.Namespace) -> tuple[nn.Module,
 # -- report ---------------------------------------------------------------------------
 
 
+#: The terminal table's columns: header, width (so that the tables printed setting by setting line up), row key.
+_COLUMNS = (
+    ("setting", 9, "setting"), ("bn", 5, "bn"), ("k", 2, "layers"), ("way", 11, "way"), ("alloc MiB", 9, "allocator_MiB"),
+    ("held MiB", 8, "held_MiB"), ("held/alloc", 10, "held_vs_allocator"), ("x alloc", 7, "allocator_ratio"),
+    ("x held", 6, "held_ratio"), ("x layers", 8, "layers_own_ratio"), ("fwd ms", 7, "forward_ms"),
+    ("bwd ms", 7, "backward_ms"), ("step x", 6, "step_vs_vanilla"), ("grad err", 8, "max_exact_grad_error"),
+)
+
+
+def _cell(key: str, width: int, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key == "max_exact_grad_error":
+        return f"{value:.0e}"
+    if key == "setting":
+        return str(value).split()[0][:width]
+    return str(value)
+
+
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    cols = [
-        ("setting", 9), ("bn", 5), ("k", 2), ("way", 11), ("alloc MiB", 9), ("held MiB", 8), ("held/alloc", 10),
-        ("x alloc", 7), ("x held", 6), ("x layers", 8), ("fwd ms", 7), ("bwd ms", 7), ("step x", 6), ("grad err", 8),
-    ]
-    keys = ["setting", "bn", "layers", "way", "allocator_MiB", "held_MiB", "held_vs_allocator", "allocator_ratio",
-            "held_ratio", "layers_own_ratio", "forward_ms", "backward_ms", "step_vs_vanilla", "max_exact_grad_error"]
-    lines = ["  ".join(f"{h:>{w}}" for h, w in cols), "  ".join("-" * w for _, w in cols)]
-    for row in rows:
-        cells = []
-        for (header, width), key in zip(cols, keys):
-            value = row[key]
-            if value is None:
-                text = "-"
-            elif key == "max_exact_grad_error":
-                text = f"{value:.0e}"
-            elif key == "setting":
-                text = str(value).split()[0][:width]
-            else:
-                text = str(value)
-            cells.append(f"{text:>{width}}")
-        lines.append("  ".join(cells))
-    return "\n".join(lines)
+    """The rows as a text table, every column right-aligned and at least as wide as :data:`_COLUMNS` says."""
+    lines = [[_cell(key, width, row[key]) for _, width, key in _COLUMNS] for row in rows]
+    return text_table([h for h, _, _ in _COLUMNS], lines, left=(), min_widths=[w for _, w, _ in _COLUMNS])
 
 
 def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     """Stacked bars: what holds the bytes, as vanilla holds them (originals) and with compression, per setting."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     hooks = [r for r in rows if r["way"] == "hooks"]
     colours = {"layer_inputs": "#4C72B0", "masks": "#DD8452", "norm_inputs": "#55A868", "other": "#8C8C8C"}
     labels = {"layer_inputs": "conv/linear inputs", "masks": "activation masks, pool indices", "norm_inputs": "normalisation inputs", "other": "other"}

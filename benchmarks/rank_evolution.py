@@ -1,7 +1,7 @@
 """How the HOSVD ranks chosen by ``eps`` move during fine-tuning (the paper's Figures 3 and 8).
 
 Fine-tunes the last ``k`` conv/linear layers of a pretrained model (setup B
-of :mod:`benchmarks.compare`, same loop and schedule) with
+of :mod:`benchmarks.compare`, same loop and schedule: :mod:`benchmarks._setup`) with
 ``convert(model, "hosvd", eps, last=k)`` and records, at every training
 step, the rank ``K_j`` HOSVD keeps along each mode ``j`` of each compressed
 layer's input (batch, channels, height, width for a convolution). Plots one
@@ -25,11 +25,12 @@ import torch
 
 from tensorcomp.adapters import convert, memory_stats
 
-from ._cli import Parser, UsageError, check_eps, check_methods, check_positive, run_main
+from ._cli import Parser, check_eps, check_methods, run_main
 from ._models import FineTuneSetting, candidate_layers
-from ._report import machine_description, save_figure, write_table
+from ._report import machine_description, pyplot, save_figure, text_table, write_table
+from ._setup import add_setup_arguments, check_finetune_arguments, finetune_schedule, parse_setup_arguments
+from ._setup import pretrained_setup, resolve_layer
 from ._training import Schedule, train
-from .compare import add_setup_arguments, check_setup_arguments, pretrained_setup
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rank_evolution"
 PROG = "python -m benchmarks.rank_evolution"
@@ -83,11 +84,7 @@ def record_ranks(setup: Any, method: str, eps: float, k: int, schedule: Schedule
 
 
 def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     layers = list(dict.fromkeys(r["layer"] for r in rows))
     eps_values = sorted({r["eps"] for r in rows})
     styles = dict(zip(eps_values, ["-", "--", ":", "-."] * 4))
@@ -120,25 +117,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    check_setup_arguments(args, ("model", "image_size", "pretrain_epochs"))
+    args = parse_setup_arguments(build_parser(), argv)
     check_methods([args.method])
     check_eps(args.eps)
-    check_positive(epochs=args.epochs)
-    if not args.lr > 0:
-        raise UsageError(f"--lr must be positive; got {args.lr}")
+    check_finetune_arguments(args)
     setup = pretrained_setup(args, progress=not args.no_progress)
-    num_layers = len(candidate_layers(setup.build()))
-    try:
-        k = num_layers if args.layers == "all" else int(args.layers)
-    except ValueError:
-        raise UsageError(f"--layers takes a positive integer or 'all'; got {args.layers!r}") from None
-    if not 1 <= k <= num_layers:
-        raise UsageError(f"--layers {k}: the model has {num_layers} conv/linear layers; choose 1..{num_layers} or 'all'")
-    schedule = Schedule(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=0.0, weight_decay=1e-4, clip=2.0,
-        seed=args.seed, flip=args.dataset != "digits",
-    )
+    k = resolve_layer(args.layers, len(candidate_layers(setup.build())))
+    schedule = finetune_schedule(args)
     rows: list[dict[str, Any]] = []
     for eps in args.eps:
         rows += record_ranks(setup, args.method, eps, k, schedule, not args.no_progress)
@@ -149,7 +134,7 @@ def _main(argv: Sequence[str] | None) -> int:
     title = f"{args.method} ranks during fine-tuning: {args.dataset}, {args.model} {args.image_size}px, last {k} layers"
     plot(rows, args.out / "ranks.png", title)
     # Summary: first and last step's ranks per layer and eps.
-    print(f"{'eps':>5}  {'layer':<22} {'first step':<22} {'last step':<22} {'min..max per mode'}")
+    lines = []
     for eps in args.eps:
         for layer in dict.fromkeys(r["layer"] for r in rows):
             mine = [r for r in rows if r["eps"] == eps and r["layer"] == layer]
@@ -162,7 +147,8 @@ def _main(argv: Sequence[str] | None) -> int:
                 return "x".join(str(r["rank"]) for r in sorted(mine, key=lambda r: r["mode"]) if r["step"] == step)
 
             spans = " ".join(f"{min(r['rank'] for r in mine if r['mode'] == m)}..{max(r['rank'] for r in mine if r['mode'] == m)}" for m in modes)
-            print(f"{eps:>5g}  {layer:<22} {at(1):<22} {at(last):<22} {spans}")
+            lines.append([f"{eps:g}", layer, at(1), at(last), spans])
+    print(text_table(["eps", "layer", "first step", "last step", "min..max per mode"], lines, left=(1, 2, 3, 4)))
     print(f"written: {args.out / 'results.csv'}, {args.out / 'results.json'}, {args.out / 'ranks.png'}")
     return 0
 

@@ -19,12 +19,10 @@ from __future__ import annotations
 import copy
 import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,35 +30,14 @@ from torch import nn
 import tensorcomp
 from tensorcomp.adapters import conv2d_weight_from_factors, convert, memory_stats
 
-from ._cli import Parser, UsageError, check_eps, check_methods, check_positive, load_images, run_main
-from ._data import DeviceImages, channel_stats
+from ._cli import Parser, UsageError, check_eps, check_methods, check_positive, run_main
+from ._data import load_image_batch
 from ._models import build_model
-from ._report import machine_description, save_figure, write_table
+from ._report import machine_description, pyplot, save_figure, text_table, write_table
+from ._setup import resolve_images
+from ._training import Stopwatch
 
 MODELS = ("resnet18", "mobilenet_v2")
-# CIFAR-10 beside the checkout, as the project's shared data is laid out.
-DEFAULT_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
-
-
-def resolve_images(dataset: str, data_root: str | None) -> Any:
-    """The dataset the batches come from.
-
-    ``dataset="auto"`` takes CIFAR-10 from ``data_root`` or the shared folder
-    when there is one, else the embedded digits.
-    """
-    root = data_root or (str(DEFAULT_CIFAR) if DEFAULT_CIFAR.is_dir() else None)
-    if dataset == "auto":
-        dataset = "cifar10" if root else "digits"
-    return load_images(dataset, root)
-
-
-def load_image_batch(data: Any, n: int, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """``n`` real training images of ``data`` (seeded choice) at ``size`` x ``size``, normalised."""
-    index = np.random.default_rng(0).permutation(len(data.train_labels))[:n]
-    mean, std = channel_stats(data.train_images[index])
-    images = DeviceImages(data.train_images[index], data.train_labels[index], size, mean, std, device, channels=3)
-    x, y = images.batch(np.arange(len(index)))
-    return x, y, f"{data.name} ({data.source})"
 
 
 def last_convs(model: nn.Module, k: int) -> list[str]:
@@ -76,33 +53,28 @@ def _freeze_all_but(model: nn.Module, names: Sequence[str]) -> None:
         model.get_submodule(name).weight.requires_grad_(True)
 
 
-def _median_ms(fn: Callable[[], Any], repeats: int, sync: Callable[[], None]) -> float:
+def _median_ms(fn: Callable[[], Any], repeats: int, watch: Stopwatch) -> float:
     times = []
     for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
+        watch.start()
         fn()
-        sync()
-        times.append((time.perf_counter() - start) * 1e3)
+        times.append(watch.lap())
     return statistics.median(times)
 
 
-def time_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, repeats: int, sync) -> tuple[float, float]:
+def time_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, repeats: int, watch: Stopwatch) -> tuple[float, float]:
     """Median forward and backward milliseconds of one training step (after one warm-up)."""
     fwd, bwd = [], []
     for i in range(repeats + 1):
         model.zero_grad(set_to_none=True)
-        sync()
-        t0 = time.perf_counter()
+        watch.start()
         loss = F.cross_entropy(model(images), labels)
-        sync()
-        t1 = time.perf_counter()
+        forward = watch.lap()
         loss.backward()
-        sync()
-        t2 = time.perf_counter()
+        backward = watch.lap()
         if i:  # the first step warms up allocators and kernels
-            fwd.append((t1 - t0) * 1e3)
-            bwd.append((t2 - t1) * 1e3)
+            fwd.append(forward)
+            bwd.append(backward)
     return statistics.median(fwd), statistics.median(bwd)
 
 
@@ -127,7 +99,7 @@ def capture(model: nn.Module, names: Sequence[str], images: torch.Tensor, labels
 
 def layer_costs(
     model: nn.Module, name: str, act: torch.Tensor, act_next: torch.Tensor, grad_out: torch.Tensor,
-    methods: Sequence[str], eps_values: Sequence[float], repeats: int, sync,
+    methods: Sequence[str], eps_values: Sequence[float], repeats: int, watch: Stopwatch,
 ) -> list[dict[str, Any]]:
     """Milliseconds of each piece of one layer's compressed step, against the plain conv's."""
     conv: nn.Conv2d = model.get_submodule(name)
@@ -139,7 +111,7 @@ def layer_costs(
         w = weight.detach().requires_grad_(True)
         F.conv2d(x, w, None, **geometry).backward(grad_out)
 
-    conv_ms = _median_ms(plain_conv, repeats, sync)
+    conv_ms = _median_ms(plain_conv, repeats, watch)
     rows = []
     for method in methods:
         for eps in eps_values:
@@ -150,10 +122,10 @@ def layer_costs(
             else:
                 run = lambda: tensorcomp.decompose(act, method, eps=eps)  # noqa: E731
             result = run()
-            decompose_ms = _median_ms(run, repeats, sync)
-            factor_ms = _median_ms(lambda: conv2d_weight_from_factors(result, weight.shape, grad_out, **geometry), repeats, sync)
+            decompose_ms = _median_ms(run, repeats, watch)
+            factor_ms = _median_ms(lambda: conv2d_weight_from_factors(result, weight.shape, grad_out, **geometry), repeats, watch)
             rebuild_ms = _median_ms(
-                lambda: torch.nn.grad.conv2d_weight(result.to_tensor(), weight.shape, grad_out, **geometry), repeats, sync
+                lambda: torch.nn.grad.conv2d_weight(result.to_tensor(), weight.shape, grad_out, **geometry), repeats, watch
             )
             rows.append({
                 "layer": name,
@@ -175,7 +147,7 @@ def layer_costs(
 
 def step_costs(
     base: nn.Module, depth: int, images: torch.Tensor, labels: torch.Tensor,
-    methods: Sequence[str], eps_values: Sequence[float], repeats: int, sync,
+    methods: Sequence[str], eps_values: Sequence[float], repeats: int, watch: Stopwatch,
 ) -> list[dict[str, Any]]:
     """Forward/backward time and stored bytes of a whole training step, per method."""
     names = last_convs(base, depth)
@@ -185,7 +157,7 @@ def step_costs(
         _freeze_all_but(model, names)
         if method is not None:  # vanilla is the untouched torch model
             convert(model, method, eps, layers=names)
-        fwd, bwd = time_step(model, images, labels, repeats, sync)
+        fwd, bwd = time_step(model, images, labels, repeats, watch)
         row = {"depth": depth, "method": method or "vanilla", "eps": "" if method is None else eps,
                "forward_ms": fwd, "backward_ms": bwd, "step_ms": fwd + bwd}
         if method is not None:
@@ -239,7 +211,7 @@ def _main(argv: Sequence[str] | None) -> int:
         raise UsageError("--device cuda: no CUDA device is available here; use --device cpu")
     data = resolve_images(args.dataset, args.data_root)
     device = torch.device(args.device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    watch = Stopwatch(device)
     from tqdm import tqdm
 
     step_rows, layer_rows = [], []
@@ -250,7 +222,7 @@ def _main(argv: Sequence[str] | None) -> int:
         y1, y2 = labels[: args.batch_size], labels[args.batch_size :]
         base = build_model(model_name, 3, 10)[0].to(device).train()
         for depth in tqdm(args.layers, desc=f"{model_name}@{size}", leave=False):
-            for row in step_costs(base, depth, first, y1, args.methods, args.eps, args.repeats, sync):
+            for row in step_costs(base, depth, first, y1, args.methods, args.eps, args.repeats, watch):
                 step_rows.append({"model": model_name, "size": size, "data": source, **row})
         names = last_convs(base, max(args.layers))
         probe = copy.deepcopy(base)
@@ -258,7 +230,7 @@ def _main(argv: Sequence[str] | None) -> int:
         now, later = capture(probe, names, first, y1), capture(probe, names, second, y2)
         for name in names:
             act, grad_out = now[name]
-            rows = layer_costs(probe, name, act, later[name][0], grad_out, args.methods, args.eps, args.repeats, sync)
+            rows = layer_costs(probe, name, act, later[name][0], grad_out, args.methods, args.eps, args.repeats, watch)
             layer_rows += [{"model": model_name, "size": size, **r} for r in rows]
 
     out = Path(args.out)
@@ -271,30 +243,26 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def summary(step_rows: list[dict[str, Any]], layer_rows: list[dict[str, Any]]) -> str:
-    lines = ["step cost (median ms; ratios vs vanilla at the same depth)",
-             f"{'model':<13}{'size':>5}{'depth':>6} {'method':<9}{'eps':>5}{'fwd':>9}{'bwd':>9}{'x time':>8}{'x less mem':>11}"]
-    for r in step_rows:
-        lines.append(
-            f"{r['model']:<13}{r['size']:>5}{r['depth']:>6} {r['method']:<9}{str(r['eps']):>5}"
-            f"{r['forward_ms']:>9.1f}{r['backward_ms']:>9.1f}{r['step_vs_vanilla']:>8.2f}{r['memory_vs_vanilla']:>11.2f}"
-        )
-    lines += ["", "per layer (median ms)",
-              f"{'model':<13}{'size':>5} {'layer':<22}{'method':<9}{'eps':>5}{'conv':>8}{'decomp':>8}{'gW fac':>8}{'gW rebuild':>11}"]
-    for r in layer_rows:
-        lines.append(
-            f"{r['model']:<13}{r['size']:>5} {r['layer']:<22}{r['method']:<9}{r['eps']:>5}{r['conv_fwd_bwd_ms']:>8.2f}"
-            f"{r['decompose_ms']:>8.2f}{r['grad_weight_factors_ms']:>8.2f}{r['grad_weight_rebuild_ms']:>11.2f}"
-        )
-    return "\n".join(lines)
+    """The step and per-layer rows as two text tables."""
+    steps = text_table(
+        ["model", "size", "depth", "method", "eps", "fwd", "bwd", "x time", "x less mem"],
+        [[r["model"], str(r["size"]), str(r["depth"]), r["method"], str(r["eps"]), f"{r['forward_ms']:.1f}",
+          f"{r['backward_ms']:.1f}", f"{r['step_vs_vanilla']:.2f}", f"{r['memory_vs_vanilla']:.2f}"] for r in step_rows],
+        left=(0, 3),
+    )
+    layers = text_table(
+        ["model", "size", "layer", "method", "eps", "conv", "decomp", "gW fac", "gW rebuild"],
+        [[r["model"], str(r["size"]), r["layer"], r["method"], str(r["eps"]), f"{r['conv_fwd_bwd_ms']:.2f}",
+          f"{r['decompose_ms']:.2f}", f"{r['grad_weight_factors_ms']:.2f}", f"{r['grad_weight_rebuild_ms']:.2f}"]
+         for r in layer_rows],
+        left=(0, 2, 3),
+    )
+    return "\n".join(["step cost (median ms; ratios vs vanilla at the same depth)", steps, "", "per layer (median ms)", layers])
 
 
 def plot(step_rows: list[dict[str, Any]], layer_rows: list[dict[str, Any]], path: Path) -> None:
     """Step-time and memory ratios to vanilla, and factor vs rebuild weight-gradient time per layer."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(17, 5))
     configs = sorted({(r["method"], r["eps"]) for r in step_rows if r["method"] != "vanilla"}, key=str)
     groups = sorted({(r["model"], r["size"], r["depth"]) for r in step_rows})

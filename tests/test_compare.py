@@ -14,7 +14,7 @@ pytest.importorskip("sklearn")
 pytest.importorskip("tqdm")
 
 import tensorcomp  # noqa: E402
-from benchmarks import compare  # noqa: E402
+from benchmarks import _finetune, _paper, _pareto, compare  # noqa: E402
 
 TINY = [
     "--limit-train", "96", "--limit-test", "64", "--epochs", "1", "--pretrain-epochs", "1",
@@ -236,9 +236,9 @@ def test_the_census_counts_what_the_adapters_say_vanilla_holds():
 
 def test_tied_and_identical_points_are_spread():
     a = {"top1": 90.0, "top1_err": 1.0}
-    assert compare.tied(a, {"top1": 90.9, "top1_err": 0.5})
-    assert not compare.tied(a, {"top1": 91.5, "top1_err": 0.5})
-    offsets = compare.spread_identical([(1.0, 90.0), (1.001, 90.0), (5.0, 90.0), (1.0, 80.0)])
+    assert _finetune.tied(a, {"top1": 90.9, "top1_err": 0.5})
+    assert not _finetune.tied(a, {"top1": 91.5, "top1_err": 0.5})
+    offsets = _pareto.spread_identical([(1.0, 90.0), (1.001, 90.0), (5.0, 90.0), (1.0, 80.0)])
     assert offsets[2] == offsets[3] == 1.0
     assert offsets[0] < 1.0 < offsets[1] and offsets[0] * offsets[1] == pytest.approx(1.0)
 
@@ -264,7 +264,7 @@ def test_paper_comparison_answers_the_three_questions():
         _row("checkpoint", "", 2, 70.0, 300, step=13.0),  # holds more than HOSVD, more accurate: HOSVD stays on the front
         _row("quant8_all", "", 4, 72.0, 300),      # holds less than HOSVD and is more accurate: HOSVD is dominated
     ]
-    first, second = compare.paper_comparison(rows, "resnet18")
+    first, second = _paper.paper_comparison(rows, "resnet18")
     assert (first["layers"], first["eps"]) == (2, 0.8)
     assert first["svd_vs_vanilla"] == 2.0 and first["hosvd_vs_vanilla"] == 25.0 and first["hosvd_vs_svd"] == 12.5
     assert first["hosvd_10x_less_than_svd"] is True
@@ -281,8 +281,8 @@ def test_paper_comparison_answers_the_three_questions():
     assert second["hosvd_10x_less_than_svd"] is False
     assert second["paper_hosvd_vs_vanilla"] is None  # the paper's table is at eps 0.8 only
     assert second["gradfilter"] is None and second["gradfilter_minus_hosvd_top1"] is None
-    assert compare.paper_comparison(rows, "smallcnn")[0]["paper_hosvd_vs_vanilla"] is None
-    text = compare.format_paper_table([first, second])
+    assert _paper.paper_comparison(rows, "smallcnn")[0]["paper_hosvd_vs_vanilla"] is None
+    text = _paper.format_paper_table([first, second])
     assert "12.6" in text and "+0.40" in text
 
 
@@ -301,7 +301,7 @@ def test_rank_summary_and_table():
         "fc": {"ranks": [5, 7]},
         "kept": {"ranks": [None, None]},
     }
-    short, detail = compare.summarize_ranks(per_layer)
+    short, detail = _finetune.summarize_ranks(per_layer)
     assert short == "5x2x3x3 6"
     assert detail["conv"] == {"mean": [5.0, 2.0, 3.0, 3.0], "min": [4, 2, 3, 3], "max": [6, 2, 3, 3]}
     assert "kept" not in detail

@@ -24,8 +24,10 @@ class BenchmarkHelp(SphinxDirective):
     def run(self) -> list[nodes.Node]:
         module = self.arguments[0]
         source = ROOT / (module.replace(".", "/") + ".py")
-        if source.is_file():
-            self.env.note_dependency(str(source))
+        # The options a script shares with the others (benchmarks._setup, ._cli) live beside it.
+        for path in [source, *sorted(source.parent.glob("_*.py"))]:
+            if path.is_file():
+                self.env.note_dependency(str(path))
         env = dict(os.environ, COLUMNS="96", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
         try:
             done = subprocess.run(

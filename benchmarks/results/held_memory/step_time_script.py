@@ -2,7 +2,7 @@
 import argparse, copy, statistics, sys, time, json
 import torch, torch.nn.functional as F
 from torch import nn
-from benchmarks.compare import DEFAULTS, pretrained_setup
+from benchmarks._setup import DEFAULTS, pretrained_setup
 from benchmarks._models import FineTuneSetting
 from tensorcomp.adapters import compress_activations
 import numpy as np
