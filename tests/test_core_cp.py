@@ -228,6 +228,24 @@ def test_als_error_bookkeeping_matches_the_residual(backend):
             np.testing.assert_allclose(norms, 1.0, atol=1e-12)
 
 
+def test_an_accepted_extrapolation_keeps_a_correct_partial_product():
+    x = activation((12, 8, 5, 5), seed=6).astype(np.float64)
+    with backend_for(x):
+        state = _cp_als.ALS(x, float(np.sum(x * x)), np.ones(4), _cp_als.initial_factors(x, 4))
+        state.least_squares_weights()
+        accepted = 0
+        for _ in range(30):
+            previous = (state.weights, list(state.factors))
+            state.sweep()
+            if state._extrapolate(previous, 2.0):
+                accepted += 1
+                cached_factors, cached = state._partial
+                assert all(a is b for a, b in zip(cached_factors, state.factors[state.split :]))
+                np.testing.assert_allclose(cached, state._leading_partial(state.factors), rtol=1e-10, atol=1e-12)
+                np.testing.assert_allclose(np.linalg.norm(state.factors[-1], axis=0), 1.0, atol=1e-12)
+    assert accepted > 0
+
+
 def test_compression_is_a_projection_on_orthonormal_bases_dropping_at_most_what_eps_allows():
     x = activation((16, 8, 6, 6), seed=6).astype(np.float64)
     with backend_for(x):
