@@ -317,16 +317,28 @@ def test_rank_summary_and_table():
     assert "-0.50 tied" in compare.format_table([vanilla, dict(row, top1=91.0)])
 
 
-def test_eps_free_methods_are_registered():
+def test_the_methods_come_from_the_catalogue():
     import tensorcomp.adapters  # noqa: F401
 
     registered = set(tensorcomp.available_methods())
-    assert compare.EPS_FREE - set(compare.BASELINES) <= registered
-    assert set(compare.METHODS) - set(compare.BASELINES) <= registered
-    assert set(compare.BASELINES) <= set(compare.METHODS) and not set(compare.BASELINES) & registered
+    methods = compare.all_methods()
+    assert set(methods) == registered | set(compare.BASELINES)
+    assert not set(compare.BASELINES) & registered
     assert {spec[0] for spec in compare.BASELINES.values() if spec} <= registered
-    assert set(compare.DEFAULT_METHODS) == set(compare.METHODS) - {"cp"}
-    assert np.all([m in compare.METHODS for m in compare.EPS_FREE])
+    assert set(compare.default_methods()) == set(methods) - {"cp"}
+    eps_free = {m for m in methods if not compare.uses_eps(m)}
+    assert eps_free == {"vanilla", "save_on_cpu", "gradfilter_r2", "gradfilter_r4", "gradfilter_r7", "quant8", "quant4",
+                        "quant2", *compare.BASELINES}
+
+
+def test_a_registered_method_without_eps_runs_once_per_depth(tmp_path):
+    tensorcomp.register("test_compare_fixed", lambda x, eps=0.9, **kw: tensorcomp.svd(x, rank=1), uses_eps=False)
+    try:
+        plan = compare.plan_runs(["hosvd", "test_compare_fixed"], [0.8, 0.9], [2])
+        assert plan == [("hosvd", 0.8, 2), ("hosvd", 0.9, 2), ("test_compare_fixed", None, 2)]
+        assert "test_compare_fixed" in compare.all_methods()
+    finally:
+        tensorcomp.registry._METHODS.pop("test_compare_fixed", None)
 
 
 def test_gradient_snr_grows_with_eps_and_input_gradients_are_exact(tmp_path):
