@@ -115,10 +115,10 @@ def layer_costs(
     rows = []
     for method in methods:
         for eps in eps_values:
-            if method == "subspace":
+            if tensorcomp.method_info(method).warm_start:
                 # Warm start from the previous batch's factors, as in training.
                 init = tensorcomp.hosvd(act, eps)
-                run = lambda: tensorcomp.subspace_iteration(act_next, eps, init=init)  # noqa: E731
+                run = lambda: tensorcomp.decompose(act_next, method, eps=eps, init=init)  # noqa: E731
             else:
                 run = lambda: tensorcomp.decompose(act, method, eps=eps)  # noqa: E731
             result = run()

@@ -23,10 +23,7 @@ from benchmarks._data import (  # noqa: E402
 SHARED_CIFAR10 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TENSORCOMP_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("TENSORCOMP_DATA_ROOT", raising=False)
+pytestmark = pytest.mark.usefixtures("private_cache")  # tests/conftest.py
 
 
 # -- the setup-B split -----------------------------------------------------------------

@@ -22,10 +22,7 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("TENSORCOMP_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("TENSORCOMP_DATA_ROOT", raising=False)
+pytestmark = pytest.mark.usefixtures("private_cache")  # tests/conftest.py
 
 
 def _rows(csv_path):

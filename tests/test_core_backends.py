@@ -11,6 +11,7 @@ import pytest
 import tensorly as tl
 
 import tensorcomp
+from conftest import relative_error, stored_arrays  # shared test helpers
 
 try:
     import torch
@@ -30,19 +31,6 @@ def sample(shape=(6, 5, 4), seed=0):
 
 
 X = sample()
-
-
-def stored_arrays(res):
-    if isinstance(res, tensorcomp.TuckerResult):
-        return [res.core, *res.factors]
-    if isinstance(res, tensorcomp.TTResult):
-        return list(res.factors)
-    return [res.weights, *res.factors]
-
-
-def relative_error(x, x_hat):
-    x, x_hat = np.asarray(x, dtype=np.float64), np.asarray(x_hat, dtype=np.float64)
-    return np.linalg.norm(x - x_hat) / np.linalg.norm(x)
 
 
 def has_cuda():

@@ -15,18 +15,13 @@ from tensorly.cp_tensor import cp_to_tensor
 from tensorly.decomposition import parafac
 
 import tensorcomp
+from conftest import relative_error  # shared test helpers
 from benchmarks.decomposition_speed import activation
 from tensorcomp import _cp_als
 from tensorcomp._backend import backend_for
 
 
 cp_module = importlib.import_module("tensorcomp.cp")  # the attribute tensorcomp.cp is the function
-
-
-def relative_error(x, res):
-    x = np.asarray(x, dtype=np.float64)
-    x_hat = np.asarray(res.to_tensor(), dtype=np.float64)
-    return float(np.linalg.norm(x - x_hat) / np.linalg.norm(x))
 
 
 def measured_explained(x, res):

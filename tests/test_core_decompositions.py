@@ -15,6 +15,7 @@ from tensorly.tt_tensor import tt_to_tensor
 from tensorly.tucker_tensor import tucker_to_tensor
 
 import tensorcomp
+from conftest import stored_arrays  # shared test helpers
 
 METHODS = ("svd", "hosvd", "tucker", "cp", "tt", "subspace")
 
@@ -348,14 +349,6 @@ def test_explained_variance_is_the_measured_one(method):
     res = tensorcomp.decompose(x, method, eps=0.8)
     assert res.explained_variance == pytest.approx(measured_explained(x, res.to_tensor()), abs=1e-9)
     assert 0.0 <= res.explained_variance <= 1.0
-
-
-def stored_arrays(res):
-    if isinstance(res, tensorcomp.TuckerResult):
-        return [res.core, *res.factors]
-    if isinstance(res, tensorcomp.TTResult):
-        return list(res.factors)
-    return [res.weights, *res.factors]
 
 
 @pytest.mark.parametrize("method", METHODS)
