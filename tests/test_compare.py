@@ -274,6 +274,14 @@ def test_paper_comparison_answers_the_three_questions():
     # gradfilter_r7 holds less and is more accurate: HOSVD is not on the front at k=2 either.
     assert first["hosvd_on_front"] is False and first["dominated_by"] == "gradfilter_r7"
     assert second["hosvd_on_front"] is False and second["dominated_by"] == "quant8_all"
+    # At tied accuracy, a run that holds less dominates HOSVD; one that holds as much does not.
+    tie = [_row("vanilla", "", 2, 70.0, 1000, err=1.0), _row("svd", 0.8, 2, 69.5, 500, err=1.0),
+           _row("hosvd", 0.8, 2, 69.6, 40, err=1.0), _row("tucker", 0.8, 2, 69.9, 40, err=1.0),
+           _row("quant4_all", "", 2, 69.0, 20, err=1.0)]
+    (row,) = _paper.paper_comparison(tie, "resnet18")
+    assert row["hosvd_on_front"] is False and row["dominated_by"] == "quant4_all"
+    (row,) = _paper.paper_comparison(tie[:-1], "resnet18")
+    assert row["hosvd_on_front"] is True and row["dominated_by"] is None
     assert (second["layers"], second["eps"]) == (4, 0.9)
     assert second["hosvd_10x_less_than_svd"] is False
     assert second["paper_hosvd_vs_vanilla"] is None  # the paper's table is at eps 0.8 only
