@@ -18,7 +18,9 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from ._cli import UsageError, check_positive, load_images, split_names
+from pathlib import Path
+
+from ._cli import Parser, UsageError, check_positive, load_images, split_names
 
 #: Per-dataset defaults of the options left ``None`` by :func:`add_setup_arguments` (and of ``--epochs``).
 DEFAULTS = {
@@ -27,6 +29,25 @@ DEFAULTS = {
 }
 #: The options :func:`check_setup_arguments` fills from :data:`DEFAULTS` when a script does not say which.
 SETUP_DEFAULTED = ("model", "image_size", "pretrain_epochs")
+
+
+def finetune_parser(
+    prog: str, description: str, *, out: Path, eps: Sequence[float], eps_range: str = "(0, 1]", layers: str = "all"
+) -> Parser:
+    """The parser of a benchmark that fine-tunes trailing layers of a setup-B model at several ``eps``.
+
+    It has ``--eps`` (energy fractions in ``eps_range``), ``--layers`` (k or
+    'all', default ``layers``), the setup options of
+    :func:`add_setup_arguments` and ``--out`` (default ``out``); the script
+    adds its own options after these.
+    """
+    parser = Parser(prog=prog, description=description)
+    add = parser.add_argument
+    add("--eps", nargs="+", type=float, default=list(eps), help=f"energy fractions kept, in {eps_range}")
+    add("--layers", default=layers, help="number k of trailing conv/linear layers fine-tuned and compressed, or 'all'")
+    add_setup_arguments(parser)
+    add("--out", type=Path, default=out, help=f"results folder (default: {out.relative_to(out.parents[2])} of this checkout)")
+    return parser
 
 
 def add_setup_arguments(parser: argparse.ArgumentParser) -> None:

@@ -283,29 +283,20 @@ def run_cp_case(x: Any, backend: str, task: dict[str, Any], repeats: int, sync: 
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    header = (
-        f"{'backend':<7} {'shape':<14} {'eps':>4} {'ranks':<14} {'same':>4} "
-        f"{'ours ms':>8} {'plain ms':>9} {'tl-hosvd':>9} {'tl-hooi':>9} "
-        f"{'x plain':>7} {'x tl-h':>7} {'x tl-t':>7}  {'err ours':>8} {'plain':>7} {'tl-h':>7} {'tl-t':>7}"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(
-            f"{r['backend']:<7} {r['shape']:<14} {r['eps']:>4} {r['ranks']:<14} {'yes' if r['ranks_match'] else 'NO':>4} "
-            f"{1e3 * r['time_tensorcomp_s']:>8.1f} {1e3 * r['time_plain_s']:>9.1f} "
-            f"{1e3 * r['time_tensorly_hosvd_s']:>9.1f} {1e3 * r['time_tensorly_tucker_s']:>9.1f} "
-            f"{r['speedup_vs_plain']:>7.1f} {r['speedup_vs_tensorly_hosvd']:>7.1f} {r['speedup_vs_tensorly_tucker']:>7.1f}  "
-            f"{r['error_tensorcomp']:>8.4f} {r['error_plain']:>7.4f} {r['error_tensorly_hosvd']:>7.4f} "
-            f"{r['error_tensorly_tucker']:>7.4f}"
-        )
+    header = ["backend", "shape", "eps", "ranks", "same", "ours ms", "plain ms", "tl-hosvd", "tl-hooi",
+              "x plain", "x tl-h", "x tl-t", "err ours", "plain", "tl-h", "tl-t"]
+    lines = [
+        [r["backend"], r["shape"], str(r["eps"]), r["ranks"], "yes" if r["ranks_match"] else "NO",
+         *(f"{1e3 * r[k]:.1f}" for k in ("time_tensorcomp_s", "time_plain_s", "time_tensorly_hosvd_s", "time_tensorly_tucker_s")),
+         *(f"{r[k]:.1f}" for k in ("speedup_vs_plain", "speedup_vs_tensorly_hosvd", "speedup_vs_tensorly_tucker")),
+         *(f"{r[k]:.4f}" for k in ("error_tensorcomp", "error_plain", "error_tensorly_hosvd", "error_tensorly_tucker"))]
+        for r in rows
+    ]
+    print(_report.text_table(header, lines, left=(0, 1, 3)))
 
 
 def plot(rows: list[dict[str, Any]], path: Path, meta: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _report.pyplot()
 
     labels = [f"{r['backend']}\n{r['shape']}\neps={r['eps']}" for r in rows]
     series = [
@@ -329,27 +320,21 @@ def plot(rows: list[dict[str, Any]], path: Path, meta: dict[str, Any]) -> None:
 
 
 def print_cp_table(rows: list[dict[str, Any]]) -> None:
-    header = (
-        f"{'backend':<7} {'shape':<14} {'task':<9} {'rank':>4} {'ours ms':>9} {'parafac ms':>10} {'speedup':>7} {'cpu x':>6}  "
-        f"{'err ours':>8} {'parafac':>7} {'ratio':>6}  {'EV ours':>7} {'parafac':>7}"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(
-            f"{r['backend']:<7} {r['shape']:<14} {r['task']:<9} {r['rank']:>4} {1e3 * r['time_tensorcomp_s']:>9.1f} "
-            f"{1e3 * r['time_parafac_s']:>10.1f} {r['speedup_vs_parafac']:>7.1f} {r['cpu_speedup_vs_parafac']:>6.1f}  "
-            f"{r['error_tensorcomp']:>8.4f} "
-            f"{r['error_parafac']:>7.4f} {r['error_ratio']:>6.3f}  {r['explained_variance']:>7.4f} "
-            f"{r['explained_variance_parafac']:>7.4f}"
-        )
+    header = ["backend", "shape", "task", "rank", "ours ms", "parafac ms", "speedup", "cpu x",
+              "err ours", "parafac", "ratio", "EV ours", "parafac"]
+    lines = [
+        [r["backend"], r["shape"], r["task"], str(r["rank"]),
+         f"{1e3 * r['time_tensorcomp_s']:.1f}", f"{1e3 * r['time_parafac_s']:.1f}",
+         f"{r['speedup_vs_parafac']:.1f}", f"{r['cpu_speedup_vs_parafac']:.1f}",
+         f"{r['error_tensorcomp']:.4f}", f"{r['error_parafac']:.4f}", f"{r['error_ratio']:.3f}",
+         f"{r['explained_variance']:.4f}", f"{r['explained_variance_parafac']:.4f}"]
+        for r in rows
+    ]
+    print(_report.text_table(header, lines, left=(0, 1, 2)))
 
 
 def plot_cp(rows: list[dict[str, Any]], path: Path, meta: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _report.pyplot()
 
     labels = [
         f"{r['backend']}\n{r['shape']}\n{r['task']}" + (f" search\nvs parafac at R={r['rank']}" if r["task"].startswith("eps") else "")
@@ -497,6 +482,40 @@ def _inputs(args: argparse.Namespace, backend: str) -> Iterator[Any]:
             yield data
 
 
+def _sweep(
+    args: argparse.Namespace,
+    backends: Sequence[str],
+    meta: dict[str, Any],
+    sync: Callable[[], None],
+    tasks: Sequence[Any],
+    case: Callable[..., dict[str, Any]],
+    describe: Callable[[dict[str, Any]], str],
+    table: Callable[[list[dict[str, Any]]], None],
+    stem: str,
+    chart: tuple[Callable[..., None], str],
+) -> list[dict[str, Any]]:
+    """Run ``case(x, backend, task, repeats, sync)`` over every backend, shape and task, printing ``describe(row)``
+    as each finishes; then print ``table(rows)`` and write ``<stem>.csv``/``.json`` and the chart under ``--out``."""
+    meta["load_average_start"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    rows = []
+    for backend in backends:
+        for x in _inputs(args, backend):
+            for task in tasks:
+                row = case(x, backend, task, args.repeats, sync if backend == "torch" else (lambda: None))
+                rows.append(row)
+                print(f"{backend} {row['shape']} {describe(row)}", flush=True)
+    meta["load_average_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+    print()
+    table(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    _report.write_table(args.out / stem, rows, meta)
+    plot_fn, png = chart
+    plot_fn(rows, args.out / png, meta)
+    print(f"\nwrote {args.out}/{stem}.csv, {stem}.json, {png}")
+    return rows
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Time every method on every shape, eps and backend; write the tables and the chart; return the rows."""
     backends, sync, meta = _setup(args)
@@ -506,26 +525,14 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         f"tensorly_tucker = same with n_iter_max={HOOI_SWEEPS}, tol=0"
     )
 
-    rows = []
-    for backend in backends:
-        for x in _inputs(args, backend):
-            for eps in args.eps:
-                row = run_case(x, backend, eps, args.repeats, sync if backend == "torch" else (lambda: None))
-                rows.append(row)
-                print(
-                    f"{backend} {row['shape']} eps={eps}: ranks {row['ranks']} "
-                    f"{1e3 * row['time_tensorcomp_s']:.1f} ms, x{row['speedup_vs_plain']:.1f} plain, "
-                    f"x{row['speedup_vs_tensorly_hosvd']:.1f} tensorly-hosvd, x{row['speedup_vs_tensorly_tucker']:.1f} tensorly-tucker",
-                    flush=True,
-                )
+    def describe(row: dict[str, Any]) -> str:
+        return (
+            f"eps={row['eps']}: ranks {row['ranks']} "
+            f"{1e3 * row['time_tensorcomp_s']:.1f} ms, x{row['speedup_vs_plain']:.1f} plain, "
+            f"x{row['speedup_vs_tensorly_hosvd']:.1f} tensorly-hosvd, x{row['speedup_vs_tensorly_tucker']:.1f} tensorly-tucker"
+        )
 
-    print()
-    print_table(rows)
-    args.out.mkdir(parents=True, exist_ok=True)
-    _report.write_table(args.out / "results", rows, meta)
-    plot(rows, args.out / "speedup.png", meta)
-    print(f"\nwrote {args.out}/results.csv, results.json, speedup.png")
-    return rows
+    return _sweep(args, backends, meta, sync, args.eps, run_case, describe, print_table, "results", (plot, "speedup.png"))
 
 
 def run_cp(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -537,29 +544,16 @@ def run_cp(args: argparse.Namespace) -> list[dict[str, Any]]:
         "tol=1e-8, no normalisation, no line search; random_state only fills the init of modes shorter than R) "
         "at the same rank, for an eps task the rank the search found"
     )
-    meta["load_average_start"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
-    tasks = [{"rank": r} for r in args.ranks] + [{"eps": e} for e in args.eps]
-    rows = []
-    for backend in backends:
-        for x in _inputs(args, backend):
-            for task in tasks:
-                row = run_cp_case(x, backend, task, args.repeats, sync if backend == "torch" else (lambda: None))
-                rows.append(row)
-                print(
-                    f"{backend} {row['shape']} {row['task']}: rank {row['rank']} {1e3 * row['time_tensorcomp_s']:.1f} ms "
-                    f"vs parafac {1e3 * row['time_parafac_s']:.1f} ms (x{row['speedup_vs_parafac']:.1f}), "
-                    f"error {row['error_tensorcomp']:.4f} vs {row['error_parafac']:.4f}",
-                    flush=True,
-                )
-    meta["load_average_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
 
-    print()
-    print_cp_table(rows)
-    args.out.mkdir(parents=True, exist_ok=True)
-    _report.write_table(args.out / "cp", rows, meta)
-    plot_cp(rows, args.out / "cp_speedup.png", meta)
-    print(f"\nwrote {args.out}/cp.csv, cp.json, cp_speedup.png")
-    return rows
+    def describe(row: dict[str, Any]) -> str:
+        return (
+            f"{row['task']}: rank {row['rank']} {1e3 * row['time_tensorcomp_s']:.1f} ms "
+            f"vs parafac {1e3 * row['time_parafac_s']:.1f} ms (x{row['speedup_vs_parafac']:.1f}), "
+            f"error {row['error_tensorcomp']:.4f} vs {row['error_parafac']:.4f}"
+        )
+
+    tasks = [{"rank": r} for r in args.ranks] + [{"eps": e} for e in args.eps]
+    return _sweep(args, backends, meta, sync, tasks, run_cp_case, describe, print_cp_table, "cp", (plot_cp, "cp_speedup.png"))
 
 
 if __name__ == "__main__":

@@ -52,10 +52,10 @@ from torch import nn
 import tensorcomp
 from tensorcomp.adapters import convert
 
-from ._cli import Parser, UsageError, check_eps, check_methods, check_positive, run_main
+from ._cli import UsageError, check_eps, check_methods, check_positive, run_main
 from ._models import FineTuneSetting, candidate_layers
 from ._report import machine_description, pyplot, save_figure, text_table, write_table
-from ._setup import add_setup_arguments, parse_setup_arguments, pretrained_setup, resolve_layer
+from ._setup import finetune_parser, parse_setup_arguments, pretrained_setup, resolve_layer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gradient_snr"
 DEFAULT_EPS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -63,20 +63,17 @@ PROG = "python -m benchmarks.gradient_snr"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog=PROG,
-        description="Measured SNR of compressed weight gradients against the prediction 1/(1-eps)^2; input gradients unchanged.",
+    parser = finetune_parser(
+        PROG,
+        "Measured SNR of compressed weight gradients against the prediction 1/(1-eps)^2; input gradients unchanged.",
+        out=RESULTS, eps=DEFAULT_EPS, eps_range="(0, 1)",
     )
     add = parser.add_argument
     add("--methods", nargs="+", default=["hosvd", "svd"], help="decompositions to measure")
-    add("--eps", nargs="+", type=float, default=list(DEFAULT_EPS), help="energy fractions kept, in (0, 1)")
-    add("--layers", default="all", help="number k of trailing conv/linear layers converted, or 'all'")
     add("--batches", type=int, default=2, help="training batches averaged over")
     add("--norm-inputs", choices=["exact", "compress"], default="exact",
         help="with 'compress', also measure the gradient error of decomposing training-mode normalisation inputs "
         "(norm_inputs.csv)")
-    add_setup_arguments(parser)
-    add("--out", type=Path, default=RESULTS, help="results folder (default: benchmarks/results/gradient_snr of this checkout)")
     return parser
 
 

@@ -25,10 +25,10 @@ import torch
 
 from tensorcomp.adapters import convert, memory_stats
 
-from ._cli import Parser, check_eps, check_methods, run_main
+from ._cli import check_eps, check_methods, run_main
 from ._models import FineTuneSetting, candidate_layers
 from ._report import machine_description, pyplot, save_figure, text_table, write_table
-from ._setup import add_setup_arguments, check_finetune_arguments, finetune_schedule, parse_setup_arguments
+from ._setup import check_finetune_arguments, finetune_parser, finetune_schedule, parse_setup_arguments
 from ._setup import pretrained_setup, resolve_layer
 from ._training import Schedule, train
 
@@ -37,18 +37,13 @@ PROG = "python -m benchmarks.rank_evolution"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog=PROG,
-        description="Per-mode HOSVD ranks chosen by eps at every fine-tuning step.",
+    parser = finetune_parser(
+        PROG, "Per-mode HOSVD ranks chosen by eps at every fine-tuning step.", out=RESULTS, eps=(0.8, 0.9), layers="4"
     )
     add = parser.add_argument
     add("--method", default="hosvd", help="a Tucker-format method (hosvd, tucker, subspace) or svd")
-    add("--eps", nargs="+", type=float, default=[0.8, 0.9], help="energy fractions kept, in (0, 1]")
-    add("--layers", default="4", help="number k of trailing conv/linear layers fine-tuned and compressed, or 'all'")
     add("--epochs", type=int, default=10, help="fine-tuning epochs")
     add("--lr", type=float, default=0.05, help="fine-tuning learning rate, decayed to 0 by a cosine")
-    add_setup_arguments(parser)
-    add("--out", type=Path, default=RESULTS, help="results folder (default: benchmarks/results/rank_evolution of this checkout)")
     add("--no-progress", action="store_true", help="no progress bars")
     return parser
 
