@@ -23,11 +23,17 @@ little memory and costs a kernel launch or more each."""
 _DEFAULT_MODULES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Conv1d, nn.Conv3d, nn.Linear)
 
 
+def is_transformers_conv1d(module: nn.Module) -> bool:
+    """Whether ``module`` is ``transformers``' Conv1D (GPT-2's linear layer, ``addmm`` with a transposed weight)."""
+    cls = type(module)
+    return cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers.")
+
+
 def _check_modules(modules: Any, model: nn.Module | None) -> Callable[[str, nn.Module], bool] | None:
     if modules is None:
         if model is None:
             return None
-        return lambda name, module: isinstance(module, _DEFAULT_MODULES)
+        return lambda name, module: isinstance(module, _DEFAULT_MODULES) or is_transformers_conv1d(module)
     if model is None:
         raise ValueError("modules= selects modules of a model; pass model= too, or leave modules=None")
     if isinstance(modules, type):

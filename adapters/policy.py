@@ -27,6 +27,11 @@ batch_norm, evaluation mode       the method's decomposition of the input      i
 batch_norm, layer_norm,           the input, raw (default); with               exact (default)
 group_norm, training mode         ``norm_inputs="compress"`` the method's
                                   decomposition, rebuilt in backward           approx. below
+addmm(bias, x, W) (``transformers``  as linear, with the weight ``W.t()``          as linear
+Conv1D)
+elementwise activation modules    their input only; the chain is recomputed    exact
+(``transformers.activations``:    from it in backward
+tanh-GELU of GPT-2, quick GELU)
 anything else                     what vanilla autograd keeps, counted         exact
 ================================  ===========================================  ==============
 
@@ -510,6 +515,64 @@ class _NormRebuildFunction(torch.autograd.Function):
         return gi, gw, gb, None, None, None
 
 
+# -- elementwise chains, recomputed -------------------------------------------------------------
+
+
+class _RecomputeFunction(torch.autograd.Function):
+    """A parameter-free module's forward keeping only its input; backward recomputes the chain from it.
+
+    Exact: backward differentiates the very same ops on the very same input.
+    A chain such as GPT-2's tanh-GELU (five elementwise ops) keeps four
+    tensors of its input's size in vanilla autograd; here it keeps one.
+    """
+
+    @staticmethod
+    def forward(ctx, x, fn, session):  # type: ignore[override]
+        with _no_torch_function(), torch.enable_grad():
+            # Run the chain once with autograd on, counting what vanilla would keep, then let its graph go.
+            xd = x.detach().requires_grad_(True)
+            counted: dict[int, int] = {}
+
+            def count(t: torch.Tensor) -> None:
+                ptr = storage_ptr(t)
+                if ptr is not None and ptr != storage_ptr(xd):
+                    counted[ptr] = t.untyped_storage().nbytes()
+                # Nothing is kept: this graph never runs backward. (Keeping t would tie a tensor saved by
+                # its own node into a reference cycle through its grad_fn that outlives the step.)
+
+            with torch.autograd.graph.saved_tensors_hooks(count, lambda _: None):
+                out = fn(xd)
+            out = out.detach()
+        ctx.fn = fn
+        token = _keep(None)
+        ctx.save_for_backward(x, token)
+        # What vanilla keeps besides x (x itself is counted by the pack hook), released with the token after backward.
+        session.hold_virtual(token, "other", original=sum(counted.values()))
+        return out
+
+    @staticmethod
+    @_first_order
+    def backward(ctx, grad):  # type: ignore[override]
+        x, _ = ctx.saved_tensors
+        with torch.enable_grad(), _no_torch_function():
+            xd = x.detach().requires_grad_(True)
+            out = ctx.fn(xd)
+            (grad_input,) = torch.autograd.grad(out, xd, grad)
+        return grad_input, None, None
+
+
+def recomputed(module: nn.Module) -> bool:
+    """Whether ``module``'s forward runs as :class:`_RecomputeFunction`: a parameter-free, buffer-free,
+    childless activation module of ``transformers.activations`` (an elementwise chain of one tensor)."""
+    cls = type(module)
+    return (
+        cls.__module__ == "transformers.activations"
+        and not any(True for _ in module.parameters(recurse=True))
+        and not any(True for _ in module.buffers(recurse=True))
+        and not any(True for _ in module.children())
+    )
+
+
 # -- the session and its mode --------------------------------------------------------------------
 
 
@@ -611,6 +674,7 @@ class Session:
         self.ledger: HeldLedger | None = None
         self._frames: list[_Frame] = []
         self._handles: list[Any] = []
+        self._patched: list[nn.Module] = []
         self._excluded: set[int] = set()
         self._counts: dict[str, int] = {}
         self._op_counts: dict[str, int] = {}
@@ -638,6 +702,9 @@ class Session:
                 compressor = own if callable(own) and hasattr(own, "method") else None
                 self._handles.append(module.register_forward_pre_hook(self._push(name, selected, compressor)))
                 self._handles.append(module.register_forward_hook(self._pop, always_call=True))
+                if recomputed(module) and "forward" not in module.__dict__:
+                    module.forward = self._recomputing(module, module.forward)
+                    self._patched.append(module)
         self._cuda_start = None
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.reset_peak_memory_stats()
@@ -667,6 +734,9 @@ class Session:
             for handle in self._handles:
                 handle.remove()
             self._handles.clear()
+            for module in self._patched:
+                module.__dict__.pop("forward", None)
+            self._patched.clear()
             self._frames.clear()
             self._excluded = set()
             cuda_peak = None
@@ -688,6 +758,26 @@ class Session:
         """
         top = _top_saved_tensor_hooks()
         return top is None or self.pack_fn is None or top[0] is self.pack_fn
+
+    def _recomputing(self, module: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
+        """``module``'s forward for the step: a recomputed chain (see :func:`recomputed`) where it applies."""
+
+        @functools.wraps(forward)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            x = args[0] if len(args) == 1 and not kwargs else None
+            if (
+                not isinstance(x, torch.Tensor)
+                or not x.requires_grad
+                or not x.is_floating_point()
+                or not torch.is_grad_enabled()
+                or not self.innermost_hooks_are_ours()
+            ):
+                return forward(*args, **kwargs)
+            if self._pending:
+                self.consumed(forward, (x,), {})
+            return _RecomputeFunction.apply(x, forward, self)
+
+        return run
 
     # -- module frames ---------------------------------------------------------
     def _push(self, name: str, selected: bool, compressor: Compressor | None) -> Callable[..., None]:
@@ -941,6 +1031,24 @@ def _linear(session: Session, func, args, kwargs):
         return _LinearFunction.apply(x, weight, bias, dtype, store)
 
 
+def _addmm(session: Session, func, args, kwargs):
+    """``addmm(bias, x, W)``, the layer of ``transformers``' Conv1D (GPT-2), as ``linear(x, W.t(), bias)``."""
+    a = _bind(args, kwargs, ("input", "mat1", "mat2"), {})
+    bias, x, w = a["input"], a["mat1"], a["mat2"]
+    plain = (
+        set(kwargs) <= {"input", "mat1", "mat2"}
+        and len(args) <= 3
+        and all(isinstance(t, torch.Tensor) for t in (bias, x, w))
+        and x.dim() == 2
+        and w.dim() == 2
+        and bias.dim() == 1
+        and bias.shape[0] == w.shape[1]
+    )
+    if not plain or not isinstance(w, nn.Parameter):
+        return session.call(func, args, kwargs, "other")
+    return _linear(session, F.linear, (x, w.t(), bias), {})
+
+
 def _mask_op(
     compute_of: Callable[[dict], Callable | None], names, defaults, *, inplace_funcs=(), slope_of=None, reads_input=True, clones=True
 ):
@@ -1140,6 +1248,7 @@ _HANDLERS: dict[Callable[..., Any], Callable[..., Any]] = {
     torch.conv2d: _conv,
     torch.conv3d: _conv,
     F.linear: _linear,
+    torch.addmm: _addmm,
     F.relu: _RELU,
     torch.relu: _RELU,
     torch.relu_: _RELU,

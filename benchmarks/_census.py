@@ -10,11 +10,16 @@ against the C allocator).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+
+from ._cli import UsageError
 
 
 class SavedCensus(torch.autograd.graph.saved_tensors_hooks):
@@ -113,3 +118,40 @@ class StepCensus:
             return 0.0
         mean = self.mean_bytes
         return math.sqrt(sum((s - mean) ** 2 for s in self.steps) / len(self.steps))
+
+
+# -- the allocator's own count ---------------------------------------------------------------
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+    ]
+
+
+def libc_in_use() -> Callable[[], int] | None:
+    """glibc's bytes in use (small blocks + mmap-ed blocks), or None where glibc's mallinfo2 is missing."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallinfo2 = libc.mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = _MallInfo2
+
+    def in_use() -> int:
+        info = mallinfo2()
+        return int(info.uordblks + info.hblkhd)
+
+    return in_use
+
+
+def allocator_in_use(device: torch.device) -> Callable[[], int]:
+    """Bytes in use as the allocator of ``device`` sees them."""
+    if device.type == "cuda":
+        return lambda: int(torch.cuda.memory_allocated(device))
+    in_use = libc_in_use()
+    if in_use is None:
+        raise UsageError("the CPU measure needs glibc's mallinfo2 (Linux, glibc >= 2.33); run on CUDA or on such a system")
+    return in_use

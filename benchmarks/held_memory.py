@@ -37,13 +37,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
-import ctypes.util
 import gc
 import re
 import statistics
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +51,7 @@ from torch import nn
 
 from tensorcomp.adapters import compress_activations, convert, memory_stats
 
-from ._census import SavedCensus
+from ._census import SavedCensus, allocator_in_use
 from ._cli import Parser, UsageError, check_eps, check_methods, check_positive, run_main
 from ._data import cifar10_root, load_image_batch
 from ._models import FineTuneSetting, bn_eval, build_model
@@ -65,43 +63,6 @@ PROG = "python -m benchmarks.held_memory"
 RESULTS = Path(__file__).resolve().parent / "results" / "held_memory"
 WAYS = ("vanilla", "hooks", "convert", "layers-only")
 CATEGORIES = ("layer_inputs", "masks", "norm_inputs", "other")
-
-
-# -- the independent measures ------------------------------------------------------
-
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
-    ]
-
-
-def _libc_in_use() -> Callable[[], int] | None:
-    """glibc's bytes in use (small blocks + mmap-ed blocks), or None where glibc's mallinfo2 is missing."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallinfo2 = libc.mallinfo2
-    except (OSError, AttributeError):
-        return None
-    mallinfo2.restype = _MallInfo2
-
-    def in_use() -> int:
-        info = mallinfo2()
-        return int(info.uordblks + info.hblkhd)
-
-    return in_use
-
-
-def allocator_in_use(device: torch.device) -> Callable[[], int]:
-    """Bytes in use as the allocator of ``device`` sees them."""
-    if device.type == "cuda":
-        return lambda: int(torch.cuda.memory_allocated(device))
-    in_use = _libc_in_use()
-    if in_use is None:
-        raise UsageError("the CPU measure needs glibc's mallinfo2 (Linux, glibc >= 2.33); run on CUDA or on such a system")
-    return in_use
 
 
 # -- one setting ------------------------------------------------------------------

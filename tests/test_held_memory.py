@@ -7,11 +7,11 @@ import pytest
 pytest.importorskip("torchvision")
 pytest.importorskip("matplotlib")
 
-from benchmarks import held_memory  # noqa: E402
+from benchmarks import _census, held_memory  # noqa: E402
 
 
 def test_the_main_job_setting_runs_and_agrees_with_the_allocator(tmp_path, capsys):
-    if held_memory._libc_in_use() is None:
+    if _census.libc_in_use() is None:
         pytest.skip("needs glibc's mallinfo2 for the CPU allocator measure")
     argv = ["--models", "smallcnn", "--layers", "2", "--bn", "train", "--repeats", "1", "--no-progress", "--out", str(tmp_path)]
     assert held_memory.main(argv) == 0

@@ -1,0 +1,213 @@
+"""What a transformer's training step holds for backward, plain and under the adapters' policy.
+
+``transformers``' GPT-2 built from a small config (random init, no download;
+byte-level vocabulary of 256), on one batch of real text: byte windows of the
+English documentation in Python's own ``pydoc_data.topics``. Each way runs the
+same step (same weights, same batch) and reports
+
+- ``allocator_MiB``: what the allocator sees in use after the forward, minus
+  before, minus the loss (CPU: glibc's bytes in use; CUDA: ``memory_allocated``);
+- ``held_MiB``: what the step holds for backward, from an independent census
+  of the saved tensors (plain runs) or the adapters' own ledger;
+- ``held_vs_vanilla`` and ``held_vs_lora``: vanilla's (full fine-tuning) and
+  LoRA alone's held bytes over this way's;
+- the held breakdown (layer inputs, masks, norm inputs, other);
+- ``max_exact_grad_error``: the largest relative error, against the same
+  model run as plain autograd, of the gradient with respect to the input
+  embeddings and of every parameter gradient the policy must leave exact;
+- the step time against the plain run of the same model.
+
+Ways: ``plain`` (vanilla autograd), ``exact`` (the policy at ``eps`` 1:
+masks, recomputed activation chains, frozen weights keeping nothing; every
+gradient exact), and ``hosvd``/``svd`` at ``--eps`` (the linear and Conv1D
+inputs decomposed), each without and with a PEFT LoRA adapter (r 8 on
+c_attn, c_proj and c_fc).
+
+Run: ``python -m benchmarks.transformer_memory`` (needs the ``hf`` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ._cli import Parser, UsageError, check_eps, check_positive, run_main
+
+PROG = "python -m benchmarks.transformer_memory"
+RESULTS = Path(__file__).resolve().parent / "results" / "transformer_memory"
+CATEGORIES = ("layer_inputs", "masks", "norm_inputs", "other")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog=PROG, description="Held bytes of a GPT-2 training step (with and without LoRA), plain and compressed.")
+    add = parser.add_argument
+    add("--eps", type=float, default=0.8, help="energy fraction kept by hosvd and svd, in (0, 1]")
+    add("--embd", type=int, default=128, help="GPT-2's n_embd")
+    add("--n-layer", type=int, default=2, help="GPT-2's n_layer")
+    add("--batch", type=int, default=8, help="sequences per batch")
+    add("--tokens", type=int, default=128, help="tokens (bytes) per sequence")
+    add("--lora-r", type=int, default=8, help="LoRA rank")
+    add("--repeats", type=int, default=3, help="timed steps per way (after one warm-up step)")
+    add("--seed", type=int, default=0, help="seed of the weights")
+    add("--out", type=Path, default=RESULTS, help="results folder (default: benchmarks/results/transformer_memory of this checkout)")
+    return parser
+
+
+def text_batch(batch: int, tokens: int) -> Any:
+    """``batch`` windows of ``tokens`` bytes of ``pydoc_data.topics``, evenly spaced over the text (an int64 tensor)."""
+    import pydoc_data.topics
+    import torch
+
+    text = "\n\n".join(pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics)).encode("utf-8")
+    data = torch.frombuffer(bytearray(text), dtype=torch.uint8).long()
+    step = (len(data) - tokens) // batch
+    return torch.stack([data[i * step : i * step + tokens] for i in range(batch)])
+
+
+def build_gpt2(args: argparse.Namespace, lora: bool) -> Any:
+    import peft
+    import torch
+    import transformers
+
+    torch.manual_seed(args.seed)
+    config = transformers.GPT2Config(
+        n_embd=args.embd, n_layer=args.n_layer, n_head=max(1, args.embd // 32), vocab_size=256, n_positions=args.tokens,
+        bos_token_id=0, eos_token_id=0, tie_word_embeddings=False,
+    )
+    model = transformers.GPT2LMHeadModel(config)
+    if lora:
+        target = ["c_attn", "c_proj", "c_fc"]
+        model = peft.get_peft_model(model, peft.LoraConfig(r=args.lora_r, target_modules=target, fan_in_fan_out=True, lora_dropout=0.0))
+    model.train()
+    return model
+
+
+def run_way(args: argparse.Namespace, lora: bool, way: str, tokens: Any) -> dict[str, Any]:
+    import torch
+
+    from tensorcomp.adapters import compress_activations
+
+    from ._census import SavedCensus, allocator_in_use
+
+    model = build_gpt2(args, lora)
+    base = model.get_base_model() if lora else model
+    in_use = allocator_in_use(torch.device("cpu"))
+    ms, allocated, held, stats = [], [], [], None
+    for step in range(args.repeats + 1):
+        model.zero_grad(set_to_none=True)
+        embeds = base.transformer.wte(tokens).detach().requires_grad_(True)
+        gc.collect()
+        before = in_use()
+        t0 = time.perf_counter()
+        if way == "plain":
+            census = SavedCensus(model)
+            with census:
+                loss = model(inputs_embeds=embeds, labels=tokens).loss
+        else:
+            ctx = compress_activations(model, "hosvd" if way == "exact" else way, eps=1.0 if way == "exact" else args.eps)
+            with ctx:
+                loss = model(inputs_embeds=embeds, labels=tokens).loss
+        gc.collect()
+        alloc = in_use() - before - loss.untyped_storage().nbytes()
+        loss.backward()
+        t1 = time.perf_counter()
+        if step:
+            ms.append(1e3 * (t1 - t0))
+            allocated.append(alloc)
+            held.append(census.nbytes if way == "plain" else ctx.stats.held_bytes)
+            stats = None if way == "plain" else ctx.stats
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    grads["<input embeddings>"] = embeds.grad.detach().clone()
+    decomposed = set()
+    if way in ("hosvd", "svd"):
+        for name, module in model.named_modules():
+            weight = getattr(module, "weight", None)
+            if (isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D") and weight is not None and weight.requires_grad:
+                decomposed.add(f"{name}.weight")
+    return {
+        "loss": float(loss.detach()),
+        "allocator_bytes": int(statistics.median(allocated)),
+        "held_bytes": int(statistics.median(held)),
+        "step_ms": statistics.median(ms),
+        "breakdown": None if stats is None else stats.held_breakdown,
+        "grads": grads,
+        "decomposed": decomposed,
+    }
+
+
+def _rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    tokens = text_batch(args.batch, args.tokens)
+    results = {(lora, way): run_way(args, lora, way, tokens) for lora in (False, True) for way in ("plain", "exact", "hosvd", "svd")}
+    vanilla, lora_alone = results[(False, "plain")], results[(True, "plain")]
+    rows = []
+    for (lora, way), r in results.items():
+        plain = results[(lora, "plain")]
+        errors = [
+            float((r["grads"][n] - g).norm() / g.norm().clamp_min(1e-30))
+            for n, g in plain["grads"].items()
+            if n not in r["decomposed"]
+        ]
+        row = {
+            "model": "gpt2+lora" if lora else "gpt2",
+            "way": way,
+            "eps": None if way == "plain" else (1.0 if way == "exact" else args.eps),
+            "loss": round(r["loss"], 5),
+            "allocator_MiB": round(r["allocator_bytes"] / 2**20, 3),
+            "held_MiB": round(r["held_bytes"] / 2**20, 3),
+            "held_vs_allocator": round(r["held_bytes"] / r["allocator_bytes"], 3),
+            "held_vs_vanilla": round(vanilla["held_bytes"] / r["held_bytes"], 2),
+            "held_vs_lora": round(lora_alone["held_bytes"] / r["held_bytes"], 2),
+            "allocator_vs_vanilla": round(vanilla["allocator_bytes"] / r["allocator_bytes"], 2),
+            "step_vs_plain": round(r["step_ms"] / plain["step_ms"], 2),
+            "max_exact_grad_error": max(errors),
+        }
+        for category in CATEGORIES:
+            part = (r["breakdown"] or {}).get(category)
+            row[f"{category}_MiB"] = None if part is None else round(part["held_bytes"] / 2**20, 3)
+        rows.append(row)
+    return rows
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_eps([args.eps])
+    check_positive(embd=args.embd, n_layer=args.n_layer, batch=args.batch, tokens=args.tokens, lora_r=args.lora_r, repeats=args.repeats)
+    try:
+        import peft  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as error:
+        raise UsageError(f"needs transformers and peft ({error}); install the hf extra: pip install -e '.[hf]'") from None
+    import torch
+
+    from ._report import machine_description, text_table, write_table
+
+    rows = _rows(args)
+    columns = ["model", "way", "eps", "loss", "allocator_MiB", "held_MiB", "held_vs_allocator", "held_vs_vanilla", "held_vs_lora",
+               "step_vs_plain", "max_exact_grad_error"]
+    print(text_table(columns, [[("-" if r[c] is None else f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c])) for c in columns] for r in rows], left=(0, 1)))
+    meta = machine_description("cpu", argv=argv)
+    meta.update(
+        data="pydoc_data.topics (Python's standard library), byte tokens, evenly spaced windows",
+        allocator="glibc mallinfo2 bytes in use after the forward minus before, loss excluded",
+        held="plain: an independent census of the saved tensors (benchmarks._census.SavedCensus); others: the adapters' ledger",
+        step="forward + backward wall time, median of the timed steps, over the plain run of the same model",
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_table(args.out / "results", rows, meta)
+    print(f"wrote {args.out}/results.csv, results.json")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(PROG, _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

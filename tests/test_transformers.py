@@ -1,0 +1,206 @@
+"""Hugging Face GPT-2 (built from a small config: no download) and PEFT LoRA under compress_activations.
+
+GPT-2's layers are ``transformers``' Conv1D (``addmm`` with a transposed
+weight), its MLP activation a five-op tanh-GELU chain. The policy decomposes
+the Conv1D inputs and recomputes the chain from its input; every gradient but
+the decomposed layers' weights must stay exact.
+"""
+
+import pytest
+
+torch = pytest.importorskip("torch")  # a core-only install skips the adapter tests
+transformers = pytest.importorskip("transformers", reason="needs the optional 'hf' extra (transformers)")
+from torch import nn  # noqa: E402
+
+from tensorcomp.adapters import compress_activations  # noqa: E402
+from tensorcomp.adapters.policy import _RecomputeFunction, recomputed  # noqa: E402
+
+VOCAB, T, B = 64, 16, 3
+
+
+def _gpt2(lora: bool = False, dtype=torch.float64, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(
+        n_embd=32, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=T, bos_token_id=0, eos_token_id=0,
+        attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0, tie_word_embeddings=False,
+    )
+    model = transformers.GPT2LMHeadModel(config).to(dtype)
+    if lora:
+        peft = pytest.importorskip("peft", reason="needs the optional 'hf' extra (peft)")
+        lora_config = peft.LoraConfig(r=4, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True, lora_dropout=0.0)
+        model = peft.get_peft_model(model, lora_config)
+        # LoRA's B starts at zero: give it values so every gradient path is exercised.
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                nn.init.normal_(p, std=0.1)
+    model.train()
+    return model
+
+
+def _tokens(seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def _grads(model: nn.Module, tokens: torch.Tensor, ctx=None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Parameter gradients and the gradient with respect to the input embeddings."""
+    model.zero_grad(set_to_none=True)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    embeds = base.transformer.wte(tokens).detach().requires_grad_(True)
+    if ctx is None:
+        loss = model(inputs_embeds=embeds, labels=tokens).loss
+    else:
+        with ctx:
+            loss = model(inputs_embeds=embeds, labels=tokens).loss
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, embeds.grad.clone()
+
+
+def _decomposed_weights(model: nn.Module) -> set[str]:
+    """Names of the weights whose layer input is decomposed (the default selection: Linear and Conv1D)."""
+    out = set()
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
+            if getattr(module, "weight", None) is not None and module.weight.requires_grad:
+                out.add(f"{name}.weight")
+    return out
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_eps_one_equals_vanilla(lora):
+    model, tokens = _gpt2(lora), _tokens()
+    ref, ref_in = _grads(model, tokens)
+    got, got_in = _grads(model, tokens, compress_activations(model, "hosvd", eps=1.0))
+    assert set(got) == set(ref)
+    for name in ref:
+        assert _rel(got[name], ref[name]) < 1e-10, name
+    assert _rel(got_in, ref_in) < 1e-10
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("method", ["hosvd", "svd"])
+def test_only_the_decomposed_weights_are_approximate(lora, method):
+    model, tokens = _gpt2(lora), _tokens()
+    ref, ref_in = _grads(model, tokens)
+    ctx = compress_activations(model, method, eps=0.5)
+    got, got_in = _grads(model, tokens, ctx)
+    decomposed = _decomposed_weights(model)
+    exact = [n for n in ref if n not in decomposed]
+    # Without LoRA: LayerNorms, embeddings, biases. With it only lora_A/lora_B train: the input gradient is the check.
+    assert exact or lora
+    for name in exact:
+        assert _rel(got[name], ref[name]) < 1e-10, name
+    assert _rel(got_in, ref_in) < 1e-10
+    # The decomposition did happen: some decomposed weight's gradient moved.
+    assert max(_rel(got[n], ref[n]) for n in decomposed if n in ref) > 1e-6
+    assert ctx.stats.held_breakdown["layer_inputs"]["held_bytes"] < ctx.stats.held_breakdown["layer_inputs"]["original_bytes"]
+
+
+def test_conv1d_inputs_are_decomposed_and_named():
+    model, tokens = _gpt2(), _tokens()
+    ctx = compress_activations(model, "hosvd", eps=0.5)
+    _grads(model, tokens, ctx)
+    names = set(ctx.stats.per_layer)
+    assert {"transformer.h.0.attn.c_attn", "transformer.h.0.mlp.c_fc", "transformer.h.1.mlp.c_proj"} <= names
+
+
+def test_the_tanh_gelu_chain_is_recomputed_keeping_its_input_only():
+    model = _gpt2()
+    act = model.transformer.h[0].mlp.act
+    assert recomputed(act)
+    assert not recomputed(nn.GELU()) and not recomputed(model.transformer.h[0].mlp)
+    x = torch.randn(B, T, 128, dtype=torch.float64, requires_grad=True)
+    ref = torch.autograd.grad(act(x).pow(2).sum(), x)[0]
+
+    class _Session:  # the one call the function makes on its session
+        held = []
+
+        def hold_virtual(self, holder, category, *, held=0, original=0):
+            self.held.append((category, held, original))
+
+    y = _RecomputeFunction.apply(x, act.forward, _Session())
+    got = torch.autograd.grad(y.pow(2).sum(), x)[0]
+    assert torch.equal(got, ref)
+    # What vanilla keeps besides x: at least three more tensors of x's size.
+    (category, held, original), = _Session.held
+    assert category == "other" and held == 0 and original >= 3 * x.numel() * x.element_size()
+
+
+def test_recomputing_the_chain_holds_less_and_counts_what_vanilla_keeps():
+    model, tokens = _gpt2(dtype=torch.float32), _tokens()
+    ctx = compress_activations(model, "hosvd", eps=1.0)
+    _grads(model, tokens, ctx)
+    stats = ctx.stats
+    # The MLP's chain input is 4 x n_embd per token; vanilla keeps it and at least three more of that size per block.
+    chain = 4 * 32 * B * T * 4
+    other = stats.held_breakdown["other"]
+    assert other["original_bytes"] - other["held_bytes"] >= 2 * 3 * chain
+    # The forward patches are gone after the step.
+    assert "forward" not in model.transformer.h[0].mlp.act.__dict__
+
+
+def test_lora_holds_less_with_compression_than_lora_alone():
+    model, tokens = _gpt2(lora=True, dtype=torch.float32), _tokens()
+    exact = compress_activations(model, "hosvd", eps=1.0)
+    _grads(model, tokens, exact)
+    compressed = compress_activations(model, "hosvd", eps=0.8)
+    _grads(model, tokens, compressed)
+    assert compressed.stats.held_bytes < exact.stats.held_bytes < exact.stats.held_original_bytes
+    # The frozen base layers keep nothing of their input: LoRA's A is the only saver of it.
+    assert not any("base_layer" in name for name in compressed.stats.per_layer)
+
+
+def test_the_recomputed_chain_leaves_no_intermediate_alive():
+    import gc
+
+    act = transformers.activations.NewGELUActivation()
+    x = torch.randn(7, 5, 13, dtype=torch.float64, requires_grad=True)
+
+    class _Session:
+        def hold_virtual(self, holder, category, *, held=0, original=0):
+            pass
+
+    def alive() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor) and tuple(o.shape) == (7, 5, 13))
+
+    h = x * 1.0
+    before = alive()
+    y = _RecomputeFunction.apply(h, act.forward, _Session())
+    # Only y is new: the counting run's intermediates (tanh's output, the cubes) are gone.
+    assert alive() == before + 1
+    del y
+
+
+def test_transformer_memory_benchmark_smoke(tmp_path):
+    pytest.importorskip("peft", reason="needs the optional 'hf' extra (peft)")
+    import json
+
+    from benchmarks import _census, transformer_memory
+
+    if _census.libc_in_use() is None:
+        pytest.skip("the CPU allocator measure needs glibc's mallinfo2")
+    argv = ["--embd", "32", "--n-layer", "1", "--batch", "2", "--tokens", "32", "--lora-r", "2", "--repeats", "1", "--out", str(tmp_path)]
+    assert transformer_memory.main(argv) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [(r["model"], r["way"]) for r in rows][:4] == [("gpt2", w) for w in ("plain", "exact", "hosvd", "svd")]
+    for r in rows:
+        assert r["max_exact_grad_error"] < 1e-5
+        if r["way"] != "plain":
+            assert r["held_vs_vanilla"] > 1.0  # the exact policy already holds less than plain autograd
+
+
+def test_text_batch_is_real_text_windows():
+    from benchmarks.transformer_memory import text_batch
+
+    batch = text_batch(4, 64)
+    assert batch.shape == (4, 64) and batch.dtype == torch.int64
+    assert int(batch.min()) >= 0 and int(batch.max()) < 256
+    assert len({tuple(row.tolist()) for row in batch}) == 4  # distinct windows
+    import pydoc_data.topics
+
+    text = "\n\n".join(pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics)).encode("utf-8")
+    assert all(bytes(row.tolist()) in text for row in batch)
