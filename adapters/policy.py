@@ -32,6 +32,8 @@ Conv1D)
 elementwise activation modules    their input only; the chain is recomputed    exact
 (``transformers.activations``:    from it in backward
 tanh-GELU of GPT-2, quick GELU)
+scaled_dot_product_attention      query, key, value (and mask); recomputed,    exact
+                                  dropout replayed from the generator state
 anything else                     what vanilla autograd keeps, counted         exact
 ================================  ===========================================  ==============
 
@@ -519,46 +521,69 @@ class _NormRebuildFunction(torch.autograd.Function):
 
 
 class _RecomputeFunction(torch.autograd.Function):
-    """A parameter-free module's forward keeping only its input; backward recomputes the chain from it.
+    """``fn(*inputs)`` keeping only its inputs; backward runs ``fn`` again on them and differentiates that.
 
-    Exact: backward differentiates the very same ops on the very same input.
-    A chain such as GPT-2's tanh-GELU (five elementwise ops) keeps four
-    tensors of its input's size in vanilla autograd; here it keeps one.
+    Exact: backward differentiates the very same ops on the very same inputs,
+    with the random-number generator of ``inputs[0]``'s device restored to
+    its state at the forward when ``rng`` is true (dropout draws the same
+    mask). GPT-2's tanh-GELU (five elementwise ops) keeps four tensors of
+    its input's size in vanilla autograd, attention with dropout its
+    probabilities, their dropout mask and the dropped probabilities; here
+    each keeps its inputs only.
     """
 
     @staticmethod
-    def forward(ctx, x, fn, session):  # type: ignore[override]
+    def forward(ctx, fn, session, rng, *inputs):  # type: ignore[override]
+        device = inputs[0].device
+        ctx.rng = _rng_state(device) if rng else None
         with _no_torch_function(), torch.enable_grad():
-            # Run the chain once with autograd on, counting what vanilla would keep, then let its graph go.
-            xd = x.detach().requires_grad_(True)
+            # Run fn once with autograd on, as vanilla would, counting what it keeps; then let its graph go.
+            detached = [x.detach().requires_grad_(x.requires_grad) for x in inputs]
+            own = {storage_ptr(x) for x in inputs}
             counted: dict[int, int] = {}
 
             def count(t: torch.Tensor) -> None:
                 ptr = storage_ptr(t)
-                if ptr is not None and ptr != storage_ptr(xd):
+                if ptr is not None and ptr not in own:
                     counted[ptr] = t.untyped_storage().nbytes()
                 # Nothing is kept: this graph never runs backward. (Keeping t would tie a tensor saved by
                 # its own node into a reference cycle through its grad_fn that outlives the step.)
 
             with torch.autograd.graph.saved_tensors_hooks(count, lambda _: None):
-                out = fn(xd)
+                out = fn(*detached)
             out = out.detach()
         ctx.fn = fn
         token = _keep(None)
-        ctx.save_for_backward(x, token)
-        # What vanilla keeps besides x (x itself is counted by the pack hook), released with the token after backward.
+        ctx.save_for_backward(token, *inputs)
+        # What vanilla keeps besides the inputs (those are counted by the pack hook), released with the token.
         session.hold_virtual(token, "other", original=sum(counted.values()))
         return out
 
     @staticmethod
     @_first_order
     def backward(ctx, grad):  # type: ignore[override]
-        x, _ = ctx.saved_tensors
-        with torch.enable_grad(), _no_torch_function():
-            xd = x.detach().requires_grad_(True)
-            out = ctx.fn(xd)
-            (grad_input,) = torch.autograd.grad(out, xd, grad)
-        return grad_input, None, None
+        _, *inputs = ctx.saved_tensors
+        device = inputs[0].device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=ctx.rng is not None):
+            if ctx.rng is not None:
+                _set_rng_state(device, ctx.rng)
+            with torch.enable_grad(), _no_torch_function():
+                detached = [x.detach().requires_grad_(need) for x, need in zip(inputs, ctx.needs_input_grad[3:])]
+                out = ctx.fn(*detached)
+                wanted = [x for x in detached if x.requires_grad]
+                grads = iter(torch.autograd.grad(out, wanted, grad, allow_unused=True)) if wanted else iter(())
+        return (None, None, None, *(next(grads) if x.requires_grad else None for x in detached))
+
+
+def _rng_state(device: torch.device) -> torch.Tensor:
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_rng_state(device: torch.device, state: torch.Tensor) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
 
 
 def recomputed(module: nn.Module) -> bool:
@@ -775,7 +800,7 @@ class Session:
                 return forward(*args, **kwargs)
             if self._pending:
                 self.consumed(forward, (x,), {})
-            return _RecomputeFunction.apply(x, forward, self)
+            return _RecomputeFunction.apply(forward, self, False, x)
 
         return run
 
@@ -1049,6 +1074,30 @@ def _addmm(session: Session, func, args, kwargs):
     return _linear(session, F.linear, (x, w.t(), bias), {})
 
 
+_SDPA_NAMES = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+
+
+def _sdpa(session: Session, func, args, kwargs):
+    """Attention keeping only its query, key, value (and mask): backward recomputes it, dropout included."""
+    a = _bind(args, kwargs, _SDPA_NAMES, {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False})
+    q, k, v, mask = a["query"], a["key"], a["value"], a["attn_mask"]
+    if (
+        not _needs_grad(q, k, v)
+        or not all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in (q, k, v))
+        or (isinstance(mask, torch.Tensor) and mask.requires_grad)
+        or set(kwargs) - set(_SDPA_NAMES)
+    ):
+        return session.call(func, args, kwargs, "other")
+    options = {"dropout_p": a["dropout_p"], "is_causal": a["is_causal"], "scale": a["scale"]}
+    if a["enable_gqa"]:
+        options["enable_gqa"] = True
+    if isinstance(mask, torch.Tensor):
+        return _RecomputeFunction.apply(
+            lambda q_, k_, v_, m_: func(q_, k_, v_, attn_mask=m_, **options), session, a["dropout_p"] > 0, q, k, v, mask
+        )
+    return _RecomputeFunction.apply(lambda q_, k_, v_: func(q_, k_, v_, attn_mask=mask, **options), session, a["dropout_p"] > 0, q, k, v)
+
+
 def _mask_op(
     compute_of: Callable[[dict], Callable | None], names, defaults, *, inplace_funcs=(), slope_of=None, reads_input=True, clones=True
 ):
@@ -1249,6 +1298,7 @@ _HANDLERS: dict[Callable[..., Any], Callable[..., Any]] = {
     torch.conv3d: _conv,
     F.linear: _linear,
     torch.addmm: _addmm,
+    F.scaled_dot_product_attention: _sdpa,
     F.relu: _RELU,
     torch.relu: _RELU,
     torch.relu_: _RELU,

@@ -18,11 +18,11 @@ from tensorcomp.adapters.policy import _RecomputeFunction, recomputed  # noqa: E
 VOCAB, T, B = 64, 16, 3
 
 
-def _gpt2(lora: bool = False, dtype=torch.float64, seed: int = 0) -> nn.Module:
+def _gpt2(lora: bool = False, dtype=torch.float64, seed: int = 0, dropout: float = 0.0) -> nn.Module:
     torch.manual_seed(seed)
     config = transformers.GPT2Config(
         n_embd=32, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=T, bos_token_id=0, eos_token_id=0,
-        attn_pdrop=0.0, resid_pdrop=0.0, embd_pdrop=0.0, tie_word_embeddings=False,
+        attn_pdrop=dropout, resid_pdrop=dropout, embd_pdrop=dropout, tie_word_embeddings=False,
     )
     model = transformers.GPT2LMHeadModel(config).to(dtype)
     if lora:
@@ -44,6 +44,7 @@ def _tokens(seed: int = 1) -> torch.Tensor:
 def _grads(model: nn.Module, tokens: torch.Tensor, ctx=None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Parameter gradients and the gradient with respect to the input embeddings."""
     model.zero_grad(set_to_none=True)
+    torch.manual_seed(123)  # the same dropout masks in every run
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     embeds = base.transformer.wte(tokens).detach().requires_grad_(True)
     if ctx is None:
@@ -121,7 +122,7 @@ def test_the_tanh_gelu_chain_is_recomputed_keeping_its_input_only():
         def hold_virtual(self, holder, category, *, held=0, original=0):
             self.held.append((category, held, original))
 
-    y = _RecomputeFunction.apply(x, act.forward, _Session())
+    y = _RecomputeFunction.apply(act.forward, _Session(), False, x)
     got = torch.autograd.grad(y.pow(2).sum(), x)[0]
     assert torch.equal(got, ref)
     # What vanilla keeps besides x: at least three more tensors of x's size.
@@ -169,7 +170,7 @@ def test_the_recomputed_chain_leaves_no_intermediate_alive():
 
     h = x * 1.0
     before = alive()
-    y = _RecomputeFunction.apply(h, act.forward, _Session())
+    y = _RecomputeFunction.apply(act.forward, _Session(), False, h)
     # Only y is new: the counting run's intermediates (tanh's output, the cubes) are gone.
     assert alive() == before + 1
     del y
@@ -204,3 +205,50 @@ def test_text_batch_is_real_text_windows():
 
     text = "\n\n".join(pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics)).encode("utf-8")
     assert all(bytes(row.tolist()) in text for row in batch)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_dropout_everywhere_gradients_stay_exact(attn):
+    """With GPT-2's default dropout (0.1, inside attention too) the masks are drawn as vanilla draws them, and
+    attention recomputed in backward replays its own: every gradient outside the decomposed weights is exact."""
+    model, tokens = _gpt2(dropout=0.1), _tokens()
+    model.config._attn_implementation = attn
+    ref, ref_in = _grads(model, tokens)
+    got, got_in = _grads(model, tokens, compress_activations(model, "hosvd", eps=1.0))
+    assert max(_rel(got[n], ref[n]) for n in ref) < 1e-10 and _rel(got_in, ref_in) < 1e-10
+    got, got_in = _grads(model, tokens, compress_activations(model, "hosvd", eps=0.5))
+    decomposed = _decomposed_weights(model)
+    assert max(_rel(got[n], ref[n]) for n in ref if n not in decomposed) < 1e-10
+    assert _rel(got_in, ref_in) < 1e-10
+
+
+@pytest.mark.parametrize("mask", [None, "bool", "float"])
+def test_sdpa_keeps_its_inputs_only_and_replays_its_dropout(mask):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 24, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    m = None
+    if mask == "bool":
+        m = torch.rand(24, 24) > 0.3
+    elif mask == "float":
+        m = torch.randn(2, 1, 24, 24, dtype=torch.float64)
+
+    def run(ctx=None):
+        torch.manual_seed(7)
+        if ctx is None:
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m, dropout_p=0.3)
+        else:
+            with ctx:
+                out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m, dropout_p=0.3)
+        torch.manual_seed(99)  # backward must not depend on the generator's state by then
+        return out, torch.autograd.grad(out.pow(2).sum(), (q, k, v))
+
+    ref_out, ref = run()
+    ctx = compress_activations(None, "hosvd", eps=1.0)
+    out, got = run(ctx)
+    assert torch.equal(out, ref_out)
+    assert all(torch.allclose(g, r, rtol=1e-12, atol=1e-12) for g, r in zip(got, ref))
+    other = ctx.stats.held_breakdown["other"]
+    # Vanilla keeps the probabilities and their dropout mask besides q, k, v; the policy keeps q, k, v (and the mask).
+    qkv = 3 * q.numel() * q.element_size()
+    assert other["held_bytes"] <= qkv + (0 if m is None else m.numel() * m.element_size())
+    assert other["original_bytes"] > other["held_bytes"]
