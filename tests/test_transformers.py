@@ -252,3 +252,35 @@ def test_sdpa_keeps_its_inputs_only_and_replays_its_dropout(mask):
     qkv = 3 * q.numel() * q.element_size()
     assert other["held_bytes"] <= qkv + (0 if m is None else m.numel() * m.element_size())
     assert other["original_bytes"] > other["held_bytes"]
+
+
+@pytest.mark.parametrize("eps", [1.0, 0.5])
+def test_llama_architecture_gradients_outside_the_decomposed_weights_are_exact(eps):
+    """A Llama-architecture model from a config (RMSNorm, rotary embeddings, grouped-query SDPA, SiLU * mul)."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=T,
+    )
+    model = transformers.LlamaForCausalLM(config).double().train()
+    tokens = _tokens()
+
+    def grads(ctx=None):
+        model.zero_grad(set_to_none=True)
+        embeds = model.model.embed_tokens(tokens).detach().requires_grad_(True)
+        if ctx is None:
+            loss = model(inputs_embeds=embeds, labels=tokens).loss
+        else:
+            with ctx:
+                loss = model(inputs_embeds=embeds, labels=tokens).loss
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, embeds.grad.clone()
+
+    ref, ref_in = grads()
+    ctx = compress_activations(model, "hosvd", eps=eps)
+    got, got_in = grads(ctx)
+    decomposed = set() if eps == 1.0 else {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    exact = [n for n in ref if n not in decomposed]
+    assert exact  # the RMSNorm weights at least
+    assert max(_rel(got[n], ref[n]) for n in exact) < 1e-10 and _rel(got_in, ref_in) < 1e-10
+    assert ctx.stats.held_bytes < ctx.stats.held_original_bytes
