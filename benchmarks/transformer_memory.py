@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ._cli import Parser, UsageError, check_eps, check_positive, run_main
+from ._text import build_gpt2, text_batch
 
 PROG = "python -m benchmarks.transformer_memory"
 RESULTS = Path(__file__).resolve().parent / "results" / "transformer_memory"
@@ -59,35 +60,6 @@ def build_parser() -> Parser:
     return parser
 
 
-def text_batch(batch: int, tokens: int) -> Any:
-    """``batch`` windows of ``tokens`` bytes of ``pydoc_data.topics``, evenly spaced over the text (an int64 tensor)."""
-    import pydoc_data.topics
-    import torch
-
-    text = "\n\n".join(pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics)).encode("utf-8")
-    data = torch.frombuffer(bytearray(text), dtype=torch.uint8).long()
-    step = (len(data) - tokens) // batch
-    return torch.stack([data[i * step : i * step + tokens] for i in range(batch)])
-
-
-def build_gpt2(args: argparse.Namespace, lora: bool) -> Any:
-    import peft
-    import torch
-    import transformers
-
-    torch.manual_seed(args.seed)
-    config = transformers.GPT2Config(
-        n_embd=args.embd, n_layer=args.n_layer, n_head=max(1, args.embd // 32), vocab_size=256, n_positions=args.tokens,
-        bos_token_id=0, eos_token_id=0, tie_word_embeddings=False,
-    )
-    model = transformers.GPT2LMHeadModel(config)
-    if lora:
-        target = ["c_attn", "c_proj", "c_fc"]
-        model = peft.get_peft_model(model, peft.LoraConfig(r=args.lora_r, target_modules=target, fan_in_fan_out=True, lora_dropout=0.0))
-    model.train()
-    return model
-
-
 def run_way(args: argparse.Namespace, lora: bool, way: str, tokens: Any) -> dict[str, Any]:
     import torch
 
@@ -95,7 +67,7 @@ def run_way(args: argparse.Namespace, lora: bool, way: str, tokens: Any) -> dict
 
     from ._census import SavedCensus, allocator_in_use
 
-    model = build_gpt2(args, lora)
+    model = build_gpt2(args.embd, args.n_layer, args.tokens, seed=args.seed, lora_r=args.lora_r if lora else None)
     base = model.get_base_model() if lora else model
     in_use = allocator_in_use(torch.device("cpu"))
     ms, allocated, held, stats = [], [], [], None

@@ -195,7 +195,7 @@ def test_transformer_memory_benchmark_smoke(tmp_path):
 
 
 def test_text_batch_is_real_text_windows():
-    from benchmarks.transformer_memory import text_batch
+    from benchmarks._text import text_batch
 
     batch = text_batch(4, 64)
     assert batch.shape == (4, 64) and batch.dtype == torch.int64
@@ -284,3 +284,45 @@ def test_llama_architecture_gradients_outside_the_decomposed_weights_are_exact(e
     assert exact  # the RMSNorm weights at least
     assert max(_rel(got[n], ref[n]) for n in exact) < 1e-10 and _rel(got_in, ref_in) < 1e-10
     assert ctx.stats.held_bytes < ctx.stats.held_original_bytes
+
+
+def test_pydoc_setup_b_split_is_disjoint_and_covers_every_topic():
+    from benchmarks import _text, gpt_finetune
+
+    first, second = _text.topic_halves()
+    assert set(first).isdisjoint(second) and set(first) | set(second) == set(_text.topics())
+    assert abs(len(first) - len(second)) <= 1
+    text = gpt_finetune.split_text()
+    one, two = _text.half_texts()
+    assert bytes(text["finetune"].tolist()) + bytes(text["validation"].tolist()) == two.encode("utf-8")
+    assert bytes(text["pretrain"].tolist()) == one.encode("utf-8")
+    # The topics repeat one another; the text halves do not: no 200-byte window of the first half is in the second.
+    first_bytes, second_bytes = one.encode("utf-8"), two.encode("utf-8")
+    windows = [first_bytes[i : i + 200] for i in range(0, len(first_bytes) - 200, 997)]
+    assert windows and not any(w in second_bytes for w in windows)
+    assert len(second_bytes) > 0.3 * len(first_bytes)
+
+
+def test_gpt_finetune_benchmark_smoke(tmp_path):
+    pytest.importorskip("peft", reason="needs the optional 'hf' extra (peft)")
+    import json
+
+    from benchmarks import gpt_finetune
+
+    argv = ["--pretrain-steps", "3", "--steps", "2", "--embd", "32", "--n-layer", "1", "--batch", "2", "--tokens", "32",
+            "--eps", "0.8", "--lora-r", "2", "--val-batches", "1", "--out", str(tmp_path), "--no-progress"]
+    assert gpt_finetune.main(argv) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [r["way"] for r in rows] == ["vanilla", "exact", "hosvd", "svd", "lora", "lora+hosvd"]
+    by = {r["way"]: r for r in rows}
+    assert by["exact"]["val_loss"] == pytest.approx(by["vanilla"]["val_loss"], rel=1e-5)  # exact gradients: the same run
+    assert all(r["held_vs_vanilla"] > 1.0 for r in rows if r["way"] not in ("vanilla", "lora"))
+
+
+def test_gpt_finetune_rejects_bad_arguments(capsys):
+    from benchmarks import gpt_finetune
+
+    assert gpt_finetune.main(["--steps", "0"]) == 2
+    assert "--steps" in capsys.readouterr().err
+    assert gpt_finetune.main(["--lr", "-1"]) == 2
+    assert "--lr" in capsys.readouterr().err

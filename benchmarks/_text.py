@@ -1,0 +1,98 @@
+"""Real text that ships with Python, as byte tokens, and a small GPT-2 built from a config (no download).
+
+``pydoc_data.topics`` holds about 465 KB of English documentation in 79
+topics. Setup B splits the topics into two halves: alternate topics in
+sorted order, so both halves cover the whole range of subjects. Topics
+repeat one another (the "else" topic holds the whole "if" statement
+section), so a split by topic is not a split of the text: :func:`half_texts`
+also drops from the second half every paragraph that occurs in the first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def topics() -> dict[str, str]:
+    import pydoc_data.topics
+
+    return dict(pydoc_data.topics.topics)
+
+
+def topic_halves() -> tuple[list[str], list[str]]:
+    """The topic names of the two disjoint halves (even and odd positions in sorted order)."""
+    names = sorted(topics())
+    return names[0::2], names[1::2]
+
+
+def _paragraphs(text: str) -> list[str]:
+    return [p for p in text.split("\n\n") if p.strip()]
+
+
+def half_texts() -> tuple[str, str]:
+    """The text of each half: its topics joined by blank lines, the second without any paragraph of the first."""
+    text = topics()
+    first, second = topic_halves()
+    seen = {p.strip() for n in first for p in _paragraphs(text[n])}
+    one = "\n\n".join(text[n] for n in first)
+    two = "\n\n".join(p for n in second for p in _paragraphs(text[n]) if p.strip() not in seen)
+    return one, two
+
+
+def as_bytes(text: str) -> Any:
+    """``text`` in UTF-8 as an int64 tensor of byte values."""
+    import torch
+
+    return torch.frombuffer(bytearray(text.encode("utf-8")), dtype=torch.uint8).long()
+
+
+def text_bytes(names: list[str]) -> Any:
+    """The topics ``names`` joined by blank lines, as an int64 tensor of byte values."""
+    import torch
+
+    text = topics()
+    data = "\n\n".join(text[n] for n in names).encode("utf-8")
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
+
+
+def text_batch(batch: int, tokens: int, names: list[str] | None = None) -> Any:
+    """``batch`` windows of ``tokens`` bytes, evenly spaced over the text of ``names`` (default: every topic)."""
+    import torch
+
+    data = text_bytes(sorted(topics()) if names is None else names)
+    step = (len(data) - tokens) // batch
+    return torch.stack([data[i * step : i * step + tokens] for i in range(batch)])
+
+
+def random_windows(data: Any, batch: int, tokens: int, generator: Any) -> Any:
+    """``batch`` windows of ``tokens`` bytes of ``data`` at positions drawn from ``generator``."""
+    import torch
+
+    starts = torch.randint(0, len(data) - tokens, (batch,), generator=generator)
+    return torch.stack([data[s : s + tokens] for s in starts.tolist()])
+
+
+def build_gpt2(embd: int, n_layer: int, tokens: int, *, seed: int, lora_r: int | None = None, dropout: float = 0.1) -> Any:
+    """GPT-2 on a byte vocabulary (256), ``n_embd=embd``, heads of 32 features, random init from ``seed``;
+    with ``lora_r`` a PEFT LoRA adapter of that rank on c_attn, c_proj and c_fc."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(
+        n_embd=embd, n_layer=n_layer, n_head=max(1, embd // 32), vocab_size=256, n_positions=tokens,
+        bos_token_id=0, eos_token_id=0, tie_word_embeddings=False,
+        attn_pdrop=dropout, resid_pdrop=dropout, embd_pdrop=dropout,
+    )
+    model = transformers.GPT2LMHeadModel(config)
+    if lora_r is not None:
+        model = with_lora(model, lora_r)
+    model.train()
+    return model
+
+
+def with_lora(model: Any, r: int) -> Any:
+    import peft
+
+    config = peft.LoraConfig(r=r, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True, lora_dropout=0.0)
+    return peft.get_peft_model(model, config)
