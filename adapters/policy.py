@@ -46,6 +46,7 @@ from __future__ import annotations
 import math
 import functools
 import threading
+import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -652,7 +653,10 @@ class _Mode(TorchFunctionMode):
         if session._pending and func not in _METADATA and getattr(func, "__name__", "") != "__get__":
             session.consumed(func, args, kwargs)
         handler = _HANDLERS.get(func)
-        if handler is None or not torch.is_grad_enabled() or not session.innermost_hooks_are_ours():
+        if handler is None or not torch.is_grad_enabled():
+            return session.call(func, args, kwargs, "other")
+        if not session.innermost_hooks_are_ours():
+            session.warn_foreign_hooks()
             return session.call(func, args, kwargs, "other")
         return handler(session, func, args, kwargs)
 
@@ -700,6 +704,7 @@ class Session:
         self._frames: list[_Frame] = []
         self._handles: list[Any] = []
         self._patched: list[nn.Module] = []
+        self._warned_foreign = False
         self._excluded: set[int] = set()
         self._counts: dict[str, int] = {}
         self._op_counts: dict[str, int] = {}
@@ -803,6 +808,31 @@ class Session:
             return _RecomputeFunction.apply(forward, self, False, x)
 
         return run
+
+    def warn_foreign_hooks(self) -> None:
+        """Warn (once per step) that another saved-tensor hook entered inside the session decides what is kept.
+
+        Activation checkpointing is the expected case and stays silent (its
+        region keeps nothing and is recomputed); anything else, such as
+        ``torch.autograd.graph.save_on_cpu`` entered inside
+        ``compress_activations``, means nothing inside it is compressed.
+        """
+        if self._warned_foreign:
+            return
+        top = _top_saved_tensor_hooks()
+        pack = top[0] if top is not None else None
+        module = getattr(pack, "__module__", None) or ""
+        if module == "torch.utils.checkpoint" or module.startswith("tensorcomp."):
+            return  # a checkpoint; or another session of ours, which warns itself where it nests
+        self._warned_foreign = True
+        name = getattr(pack, "__qualname__", type(pack).__name__)
+        warnings.warn(
+            f"another saved-tensor hook ({getattr(pack, '__module__', '?')}.{name}) is active inside compress_activations: "
+            "it decides what is kept for the ops run inside it, and nothing there is compressed; "
+            "enter compress_activations inside it instead",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     # -- module frames ---------------------------------------------------------
     def _push(self, name: str, selected: bool, compressor: Compressor | None) -> Callable[..., None]:

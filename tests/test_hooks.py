@@ -544,3 +544,62 @@ def test_cuda_peak_is_recorded_per_step():
         _grads(model, x, ctx)
     assert len(ctx.stats.cuda_max_allocated) == 2 and min(ctx.stats.cuda_max_allocated) > 0
     assert ctx.stats.num_steps == 2
+
+
+def test_save_on_cpu_entered_inside_compress_activations_warns_that_nothing_there_is_compressed():
+    model, x = _cnn()
+    ctx = compress_activations(model, "hosvd", eps=0.5)
+    with pytest.warns(RuntimeWarning, match="save_on_cpu"):
+        with ctx:
+            with torch.autograd.graph.save_on_cpu():
+                out = model(x)
+    out.sum().backward()
+    assert ctx.stats.per_layer == {} or all(r["stored_bytes"] == r["original_bytes"] for r in ctx.stats.per_layer.values())
+
+
+def test_a_checkpoint_inside_compress_activations_does_not_warn():
+    from torch.utils.checkpoint import checkpoint
+
+    model, x = _cnn()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with compress_activations(model, "hosvd", eps=0.5):
+            out = checkpoint(model, x, use_reentrant=False)
+        out.sum().backward()
+
+
+def _conv_net(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 5)).double()
+
+
+def _weight_grads(model, x, ctx=None):
+    model.zero_grad(set_to_none=True)
+    if ctx is None:
+        model(x).pow(2).sum().backward()
+    else:
+        with ctx:
+            out = model(x)
+        out.pow(2).sum().backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def test_subspace_without_a_model_survives_a_short_last_batch():
+    model = _conv_net()
+    ctx = compress_activations(None, "subspace", eps=1.0)
+    for batch in (8, 8, 3, 8):
+        x = torch.randn(batch, 3, 6, 6, dtype=torch.float64)
+        ref = _weight_grads(model, x)
+        got = _weight_grads(model, x, ctx)
+        assert all(torch.allclose(g, r, rtol=1e-8, atol=1e-10) for g, r in zip(got, ref)), batch
+
+
+def test_one_context_without_a_model_shared_by_two_models_starts_cold_where_they_differ():
+    a, b = _conv_net(0), nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3)).double()
+    ctx = compress_activations(None, "subspace", eps=1.0)
+    for step in range(3):
+        xa, xb = torch.randn(8, 3, 6, 6, dtype=torch.float64), torch.randn(4, 5, 12, dtype=torch.float64)
+        for model, x in ((a, xa), (b, xb)):
+            ref = _weight_grads(model, x)
+            got = _weight_grads(model, x, ctx)
+            assert all(torch.allclose(g, r, rtol=1e-8, atol=1e-10) for g, r in zip(got, ref)), (step, type(model[0]).__name__)
