@@ -50,9 +50,11 @@ import torch
 
 __all__ = ["CATEGORIES", "HeldLedger", "HeldStep"]  # HeldStep is public, through tensorcomp.adapters
 
-CATEGORIES = ("layer_inputs", "masks", "norm_inputs", "other")
+CATEGORIES = ("layer_inputs", "masks", "norm_inputs", "activation_inputs", "attention_inputs", "other")
 """What holds the bytes: the inputs of conv/linear layers (decomposed or raw),
-activation masks and pooling indices, normalisation inputs, anything else."""
+activation masks and pooling indices, normalisation inputs, the inputs of
+GELU/SiLU/Mish and of the recomputed activation chains, the query, key, value
+and mask of attention, anything else."""
 
 
 def storage_nbytes(t: torch.Tensor) -> int:

@@ -12,7 +12,7 @@ from torch import nn
 
 from ._compress import Compressor
 from .memory import ActivationMemory
-from .policy import NORM_INPUTS, Session, active_session, unpack_saved
+from .policy import INPUT_POLICIES, Session, active_session, unpack_saved
 
 __all__ = ["compress_activations"]
 
@@ -48,10 +48,12 @@ def _check_modules(modules: Any, model: nn.Module | None) -> Callable[[str, nn.M
     raise TypeError(f"modules must be nn.Module subclasses or a predicate (name, module) -> bool; got modules={modules!r}")
 
 
-def check_norm_inputs(norm_inputs: Any) -> str:
-    if norm_inputs not in NORM_INPUTS:
-        raise ValueError(f"norm_inputs must be one of {NORM_INPUTS}; got norm_inputs={norm_inputs!r}")
-    return norm_inputs
+def check_input_policies(**policies: Any) -> dict[str, str]:
+    """``norm_inputs``, ``activation_inputs``, ``attention_inputs``: each one of :data:`~tensorcomp.adapters.policy.INPUT_POLICIES`."""
+    for name, value in policies.items():
+        if not isinstance(value, str) or value not in INPUT_POLICIES:
+            raise ValueError(f"{name} must be one of {INPUT_POLICIES}; got {name}={value!r}")
+    return dict(policies)
 
 
 class compress_activations(torch.autograd.graph.saved_tensors_hooks):
@@ -74,6 +76,12 @@ class compress_activations(torch.autograd.graph.saved_tensors_hooks):
       frozen: its input gradient is exact;
     - normalisations in training mode keep their input exactly, unless
       ``norm_inputs="compress"`` (then the gradients below them change too);
+    - the elementwise activation chains of ``transformers`` (GPT-2's
+      tanh-GELU) and attention (``scaled_dot_product_attention``) keep only
+      their inputs and are recomputed in backward, exactly; GELU, SiLU and
+      Mish keep their input, as vanilla does. ``activation_inputs`` and
+      ``attention_inputs="compress"`` decompose those inputs too (then the
+      gradients below them change);
     - every other op keeps what vanilla autograd keeps.
 
     Everything kept is counted, each storage once (``stats.held_bytes``); a
@@ -120,6 +128,17 @@ class compress_activations(torch.autograd.graph.saved_tensors_hooks):
         input exactly, or the method's decomposition of it (rebuilt in
         backward: the gradients of the norm's parameters and of everything
         below it change). Evaluation-mode BatchNorm is not affected.
+    activation_inputs : {"exact", "compress"}, default "exact"
+        What GELU, SiLU, Mish and the activation chains of
+        ``transformers.activations`` keep: their input exactly, or the
+        method's decomposition of it; backward recomputes the activation
+        from the rebuilt input, so the gradients of everything below the
+        activation change.
+    attention_inputs : {"exact", "compress"}, default "exact"
+        What ``scaled_dot_product_attention`` keeps of its query, key and
+        value: the tensors (exact), or the method's decompositions of them
+        (the attention is recomputed from the rebuilt ones; the gradients of
+        everything below it change). A mask is always kept exactly.
     masks : bool, default True
         Keep 1-bit masks and narrow indices for the elementwise and pooling
         ops of the table (exact); ``False`` keeps what vanilla autograd keeps.
@@ -150,7 +169,8 @@ class compress_activations(torch.autograd.graph.saved_tensors_hooks):
     ValueError
         Unknown ``method`` (the message lists the available ones), ``eps``
         outside (0, 1], a negative ``min_numel``, ``modules`` without
-        ``model``, or an unknown ``norm_inputs``.
+        ``model``, or an unknown ``norm_inputs``, ``activation_inputs`` or
+        ``attention_inputs``.
     TypeError
         ``model`` is not an ``nn.Module``, ``eps`` not a number, ``modules``
         neither module classes nor a callable, ``stats`` not an
@@ -208,6 +228,8 @@ class compress_activations(torch.autograd.graph.saved_tensors_hooks):
         stats: ActivationMemory | None = None,
         norm_inputs: str = "exact",
         masks: bool = True,
+        activation_inputs: str = "exact",
+        attention_inputs: str = "exact",
         **method_kwargs: Any,
     ) -> None:
         if model is not None and not isinstance(model, nn.Module):
@@ -221,7 +243,10 @@ class compress_activations(torch.autograd.graph.saved_tensors_hooks):
         self.model = model
         self.method = method
         self.min_numel = int(min_numel)
-        self.norm_inputs = check_norm_inputs(norm_inputs)
+        self.input_policies = check_input_policies(
+            norm_inputs=norm_inputs, activation_inputs=activation_inputs, attention_inputs=attention_inputs
+        )
+        self.norm_inputs = norm_inputs
         self._selector = _check_modules(modules, model)
         self.compressor = Compressor(method, eps, **method_kwargs)
         self.eps = self.compressor.eps
@@ -253,9 +278,9 @@ class compress_activations(torch.autograd.graph.saved_tensors_hooks):
             model=self.model,
             selects=self._selector,
             min_numel=self.min_numel,
-            norm_inputs=self.norm_inputs,
             masks=self.masks,
             saved_tensor_hooks=False,
+            **self.input_policies,
         )
         session.pack_fn = self.pack_hook
         session.start()
@@ -280,5 +305,6 @@ class compress_activations(torch.autograd.graph.saved_tensors_hooks):
         target = "every conv and linear call" if self.model is None else type(self.model).__name__
         return (
             f"compress_activations({target}, method={self.method!r}, eps={self.eps}, min_numel={self.min_numel}, "
-            f"norm_inputs={self.norm_inputs!r}, masks={self.masks})"
+            + "".join(f"{k}={v!r}, " for k, v in self.input_policies.items())
+            + f"masks={self.masks})"
         )

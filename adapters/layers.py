@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ._compress import Compressor
-from .hooks import DEFAULT_MIN_NUMEL, check_norm_inputs
+from .hooks import DEFAULT_MIN_NUMEL, check_input_policies
 from .memory import ActivationMemory
 from .policy import Session, active_session, other_saved_tensor_hooks_active
 
@@ -285,6 +285,8 @@ def convert(
     min_numel: int = DEFAULT_MIN_NUMEL,
     norm_inputs: str = "exact",
     masks: bool = True,
+    activation_inputs: str = "exact",
+    attention_inputs: str = "exact",
     **method_kwargs: Any,
 ) -> nn.Module:
     """Swap a model's ``nn.Conv2d``/``nn.Linear`` layers for compressed ones, in place.
@@ -317,7 +319,7 @@ def convert(
         layers" setting; the first layers' gradients are then exact).
     layers : sequence of str, optional
         Names (as in ``model.named_modules()``) of the layers to convert.
-    min_numel, norm_inputs, masks
+    min_numel, norm_inputs, masks, activation_inputs, attention_inputs
         As for :func:`~tensorcomp.adapters.compress_activations`: each
         training-mode forward of ``model`` with gradients enabled runs under
         the same policy, so ReLU-like ops keep bit masks, evaluation-mode
@@ -340,7 +342,8 @@ def convert(
         Unknown ``method`` (listing the available ones), ``eps`` outside (0, 1],
         ``last`` outside ``[1, number of candidate layers]``, unknown or
         non-candidate names in ``layers``, both ``last`` and ``layers`` given,
-        a negative ``min_numel``, an unknown ``norm_inputs``, or a model
+        a negative ``min_numel``, an unknown ``norm_inputs``,
+        ``activation_inputs`` or ``attention_inputs``, or a model
         without candidate layers. Nothing is swapped then.
     TypeError
         ``masks`` is not a bool.
@@ -363,7 +366,10 @@ def convert(
         raise ValueError(f"min_numel must be a non-negative integer; got min_numel={min_numel!r}")
     if not isinstance(masks, bool):
         raise TypeError(f"masks must be True or False; got masks={masks!r}")
-    options = {"min_numel": int(min_numel), "norm_inputs": check_norm_inputs(norm_inputs), "masks": masks}
+    options = {
+        "min_numel": int(min_numel), "masks": masks,
+        **check_input_policies(norm_inputs=norm_inputs, activation_inputs=activation_inputs, attention_inputs=attention_inputs),
+    }
     if isinstance(model, _CompressedLayer) or type(model) in _COMPRESSED:
         raise ValueError(
             f"model must contain the layers to convert, not be one; wrap it, e.g. nn.Sequential(model); got {type(model).__name__}"

@@ -59,7 +59,7 @@ class ActivationMemory:
         For each step, the peak held bytes, the peak of what vanilla would
         hold of the same tensors, and the breakdown by what holds them at the
         end of the forward (``layer_inputs``, ``masks``, ``norm_inputs``,
-        ``other``).
+        ``activation_inputs``, ``attention_inputs``, ``other``).
     cuda_max_allocated : list of int
         ``torch.cuda.max_memory_allocated`` over each step, on CUDA (bytes).
     skipped : int
@@ -154,7 +154,11 @@ class ActivationMemory:
 
         Categories: ``layer_inputs`` (conv and linear inputs), ``masks``
         (activation masks, dropout masks, pooling indices), ``norm_inputs``
-        (normalisation inputs and statistics), ``other``.
+        (normalisation inputs and statistics), ``activation_inputs`` (the
+        inputs of GELU, SiLU, Mish and of the recomputed activation chains,
+        and what vanilla keeps inside those chains), ``attention_inputs``
+        (attention's query, key, value and mask, and what vanilla keeps
+        besides them), ``other``.
         """
         if not self.held_steps:
             return {}

@@ -63,9 +63,11 @@ from .grad_weight import ConvGeometry, conv2d_padding, conv2d_weight_dense, conv
 from .masks import BitMask, narrow_index_dtype
 from .memory import ActivationMemory
 
-__all__ = ["NORM_INPUTS", "Session", "active_session", "other_saved_tensor_hooks_active", "unpack_saved"]
+__all__ = ["INPUT_POLICIES", "Session", "active_session", "other_saved_tensor_hooks_active", "unpack_saved"]
 
-NORM_INPUTS = ("exact", "compress")
+INPUT_POLICIES = ("exact", "compress")
+"""The values of ``norm_inputs``, ``activation_inputs`` and ``attention_inputs``: keep what the gradient needs
+exactly, or the method's decomposition of it (the gradients below the op become approximate)."""
 
 _local = threading.local()
 
@@ -531,10 +533,17 @@ class _RecomputeFunction(torch.autograd.Function):
     its input's size in vanilla autograd, attention with dropout its
     probabilities, their dropout mask and the dropped probabilities; here
     each keeps its inputs only.
+
+    ``stores`` (``None``, or one storer or ``None`` per input) keeps an
+    input in the method's stored form instead (``activation_inputs`` /
+    ``attention_inputs="compress"``): backward then recomputes from the
+    rebuilt input, and the gradients of ``fn``'s inputs, and of everything
+    below, are approximate. ``category`` is where the ledger counts what
+    vanilla would have kept besides the inputs.
     """
 
     @staticmethod
-    def forward(ctx, fn, session, rng, *inputs):  # type: ignore[override]
+    def forward(ctx, fn, session, rng, stores, category, *inputs):  # type: ignore[override]
         device = inputs[0].device
         ctx.rng = _rng_state(device) if rng else None
         with _no_torch_function(), torch.enable_grad():
@@ -554,26 +563,41 @@ class _RecomputeFunction(torch.autograd.Function):
                 out = fn(*detached)
             out = out.detach()
         ctx.fn = fn
+        ctx.stored = None
         token = _keep(None)
-        ctx.save_for_backward(token, *inputs)
+        if stores is None:
+            ctx.save_for_backward(token, *inputs)
+        else:
+            with _no_torch_function():
+                packed = tuple(None if store is None else store(x) for store, x in zip(stores, inputs))
+            token.kept = packed
+            # Inputs without a storer are saved as autograd saves them (counted by the pack hook).
+            ctx.stored = tuple(p is not None for p in packed)
+            ctx.save_for_backward(token, *(x for x, p in zip(inputs, packed) if p is None))
         # What vanilla keeps besides the inputs (those are counted by the pack hook), released with the token.
-        session.hold_virtual(token, "other", original=sum(counted.values()))
+        session.hold_virtual(token, category, original=sum(counted.values()))
         return out
 
     @staticmethod
     @_first_order
     def backward(ctx, grad):  # type: ignore[override]
-        _, *inputs = ctx.saved_tensors
+        token, *saved = ctx.saved_tensors
+        if ctx.stored is None:
+            inputs = saved
+        else:
+            packed, raw = _kept(token), iter(saved)
+            with _no_torch_function():
+                inputs = [p.unpack().to(p.dtype) if p is not None else next(raw) for p in packed]
         device = inputs[0].device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=ctx.rng is not None):
             if ctx.rng is not None:
                 _set_rng_state(device, ctx.rng)
             with torch.enable_grad(), _no_torch_function():
-                detached = [x.detach().requires_grad_(need) for x, need in zip(inputs, ctx.needs_input_grad[3:])]
+                detached = [x.detach().requires_grad_(need) for x, need in zip(inputs, ctx.needs_input_grad[5:])]
                 out = ctx.fn(*detached)
                 wanted = [x for x in detached if x.requires_grad]
                 grads = iter(torch.autograd.grad(out, wanted, grad, allow_unused=True)) if wanted else iter(())
-        return (None, None, None, *(next(grads) if x.requires_grad else None for x in detached))
+        return (None, None, None, None, None, *(next(grads) if x.requires_grad else None for x in detached))
 
 
 def _rng_state(device: torch.device) -> torch.Tensor:
@@ -585,6 +609,27 @@ def _set_rng_state(device: torch.device, state: torch.Tensor) -> None:
         torch.cuda.set_rng_state(state, device)
     else:
         torch.set_rng_state(state)
+
+
+def recompute(
+    session: Session, fn: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...], op: str, *,
+    compress: bool, rng: bool = False, exact_inputs: int = 0,
+) -> torch.Tensor:
+    """``fn(*inputs)`` as :class:`_RecomputeFunction`, keeping its inputs raw or, with ``compress``, decomposed.
+
+    ``op`` (``"activation"`` or ``"attention"``) names the ledger's category
+    (``activation_inputs``/``attention_inputs``) and, with the running
+    module's name, the stored forms; the last ``exact_inputs`` inputs (an
+    attention mask) are always kept as they are.
+    """
+    category = f"{op}_inputs"
+    stores = None
+    if compress:
+        _, name, compressor = session._layer(op)
+        store = session.storer(name, compressor, category, record=False)
+        n = len(inputs) - exact_inputs
+        stores = tuple(store if i < n else None for i in range(len(inputs)))
+    return session.call(_RecomputeFunction.apply, (fn, session, rng, stores, category, *inputs), {}, category)
 
 
 def recomputed(module: nn.Module) -> bool:
@@ -681,6 +726,8 @@ class Session:
         min_numel: int,
         norm_inputs: str,
         masks: bool,
+        activation_inputs: str = "exact",
+        attention_inputs: str = "exact",
         name: str | None = None,
         root_hooks_outside: bool = False,
         saved_tensor_hooks: bool = True,
@@ -699,6 +746,8 @@ class Session:
         self.selects = selects
         self.min_numel = min_numel
         self.norm_inputs = norm_inputs
+        self.activation_inputs = activation_inputs
+        self.attention_inputs = attention_inputs
         self.masks = masks
         self.ledger: HeldLedger | None = None
         self._frames: list[_Frame] = []
@@ -805,7 +854,7 @@ class Session:
                 return forward(*args, **kwargs)
             if self._pending:
                 self.consumed(forward, (x,), {})
-            return _RecomputeFunction.apply(forward, self, False, x)
+            return recompute(self, forward, (x,), "activation", compress=self.activation_inputs == "compress")
 
         return run
 
@@ -1121,11 +1170,33 @@ def _sdpa(session: Session, func, args, kwargs):
     options = {"dropout_p": a["dropout_p"], "is_causal": a["is_causal"], "scale": a["scale"]}
     if a["enable_gqa"]:
         options["enable_gqa"] = True
+    compress = session.attention_inputs == "compress"
+    rng = a["dropout_p"] > 0
     if isinstance(mask, torch.Tensor):
-        return _RecomputeFunction.apply(
-            lambda q_, k_, v_, m_: func(q_, k_, v_, attn_mask=m_, **options), session, a["dropout_p"] > 0, q, k, v, mask
+        return recompute(
+            session, lambda q_, k_, v_, m_: func(q_, k_, v_, attn_mask=m_, **options), (q, k, v, mask), "attention",
+            compress=compress, rng=rng, exact_inputs=1,
         )
-    return _RecomputeFunction.apply(lambda q_, k_, v_: func(q_, k_, v_, attn_mask=mask, **options), session, a["dropout_p"] > 0, q, k, v)
+    return recompute(session, lambda q_, k_, v_: func(q_, k_, v_, attn_mask=mask, **options), (q, k, v), "attention",
+                     compress=compress, rng=rng)
+
+
+def _activation(session: Session, func, args, kwargs):
+    """GELU, SiLU, Mish: vanilla keeps their input, and so does the exact policy; ``activation_inputs="compress"``
+    keeps the method's decomposition of it and recomputes the activation from the rebuilt input in backward."""
+    x = args[0] if args else kwargs.get("input")
+    if (
+        session.activation_inputs != "compress"
+        or not isinstance(x, torch.Tensor)
+        or not x.requires_grad
+        or not x.is_floating_point()
+        or kwargs.get("inplace")
+        or (len(args) > 1 and isinstance(args[1], bool) and args[1])
+    ):
+        return session.call(func, args, kwargs, "activation_inputs")
+    rest, options = args[1:], dict(kwargs)
+    options.pop("input", None)
+    return recompute(session, lambda x_: func(x_, *rest, **options), (x,), "activation", compress=True)
 
 
 def _mask_op(
@@ -1352,6 +1423,9 @@ _HANDLERS: dict[Callable[..., Any], Callable[..., Any]] = {
     torch.threshold_: _THRESHOLD,
     F.threshold_: _THRESHOLD,
     F.dropout: _dropout,
+    F.gelu: _activation,
+    F.silu: _activation,
+    F.mish: _activation,
     F.max_pool2d: _max_pool2d,
     F.batch_norm: _batch_norm,
     F.layer_norm: _layer_norm,

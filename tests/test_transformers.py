@@ -122,12 +122,12 @@ def test_the_tanh_gelu_chain_is_recomputed_keeping_its_input_only():
         def hold_virtual(self, holder, category, *, held=0, original=0):
             self.held.append((category, held, original))
 
-    y = _RecomputeFunction.apply(act.forward, _Session(), False, x)
+    y = _RecomputeFunction.apply(act.forward, _Session(), False, None, "activation_inputs", x)
     got = torch.autograd.grad(y.pow(2).sum(), x)[0]
     assert torch.equal(got, ref)
     # What vanilla keeps besides x: at least three more tensors of x's size.
     (category, held, original), = _Session.held
-    assert category == "other" and held == 0 and original >= 3 * x.numel() * x.element_size()
+    assert category == "activation_inputs" and held == 0 and original >= 3 * x.numel() * x.element_size()
 
 
 def test_recomputing_the_chain_holds_less_and_counts_what_vanilla_keeps():
@@ -137,7 +137,7 @@ def test_recomputing_the_chain_holds_less_and_counts_what_vanilla_keeps():
     stats = ctx.stats
     # The MLP's chain input is 4 x n_embd per token; vanilla keeps it and at least three more of that size per block.
     chain = 4 * 32 * B * T * 4
-    other = stats.held_breakdown["other"]
+    other = stats.held_breakdown["activation_inputs"]
     assert other["original_bytes"] - other["held_bytes"] >= 2 * 3 * chain
     # The forward patches are gone after the step.
     assert "forward" not in model.transformer.h[0].mlp.act.__dict__
@@ -170,7 +170,7 @@ def test_the_recomputed_chain_leaves_no_intermediate_alive():
 
     h = x * 1.0
     before = alive()
-    y = _RecomputeFunction.apply(act.forward, _Session(), False, h)
+    y = _RecomputeFunction.apply(act.forward, _Session(), False, None, "activation_inputs", h)
     # Only y is new: the counting run's intermediates (tanh's output, the cubes) are gone.
     assert alive() == before + 1
     del y
@@ -247,7 +247,7 @@ def test_sdpa_keeps_its_inputs_only_and_replays_its_dropout(mask):
     out, got = run(ctx)
     assert torch.equal(out, ref_out)
     assert all(torch.allclose(g, r, rtol=1e-12, atol=1e-12) for g, r in zip(got, ref))
-    other = ctx.stats.held_breakdown["other"]
+    other = ctx.stats.held_breakdown["attention_inputs"]
     # Vanilla keeps the probabilities and their dropout mask besides q, k, v; the policy keeps q, k, v (and the mask).
     qkv = 3 * q.numel() * q.element_size()
     assert other["held_bytes"] <= qkv + (0 if m is None else m.numel() * m.element_size())
@@ -326,3 +326,55 @@ def test_gpt_finetune_rejects_bad_arguments(capsys):
     assert "--steps" in capsys.readouterr().err
     assert gpt_finetune.main(["--lr", "-1"]) == 2
     assert "--lr" in capsys.readouterr().err
+
+
+ALL_INPUTS = {"norm_inputs": "compress", "activation_inputs": "compress", "attention_inputs": "compress"}
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_compressing_every_input_at_eps_one_equals_vanilla(lora):
+    model, tokens = _gpt2(lora), _tokens()
+    ref, ref_in = _grads(model, tokens)
+    got, got_in = _grads(model, tokens, compress_activations(model, "hosvd", eps=1.0, **ALL_INPUTS))
+    assert set(got) == set(ref)
+    for name in ref:
+        assert _rel(got[name], ref[name]) < 1e-10, name
+    assert _rel(got_in, ref_in) < 1e-10
+
+
+@pytest.mark.parametrize("option", ["activation_inputs", "attention_inputs"])
+def test_a_compressed_input_is_decomposed_counted_and_changes_only_gradients_below_it(option):
+    model, tokens = _gpt2(dtype=torch.float32), _tokens()
+    exact = compress_activations(model, "hosvd", eps=0.5)
+    ref, ref_in = _grads(model, tokens, exact)
+    ctx = compress_activations(model, "hosvd", eps=0.5, **{option: "compress"})
+    got, got_in = _grads(model, tokens, ctx)
+    held = ctx.stats.held_breakdown[option]
+    assert 0 < held["held_bytes"] < exact.stats.held_breakdown[option]["held_bytes"]
+    assert ctx.stats.held_bytes < exact.stats.held_bytes
+    # Nothing above the last block's MLP (attention) reads a compressed input: the final norm and head are exact.
+    for name in ("transformer.ln_f.weight", "transformer.ln_f.bias", "lm_head.weight"):
+        assert _rel(got[name], ref[name]) < 1e-6, name
+    # Below it the gradients move, and stay finite.
+    assert _rel(got_in, ref_in) > 1e-6
+    assert all(torch.isfinite(g).all() for g in got.values())
+
+
+def test_compressing_every_input_holds_least_and_trains():
+    model, tokens = _gpt2(dtype=torch.float32), _tokens()
+    default = compress_activations(model, "hosvd", eps=0.8)
+    _grads(model, tokens, default)
+    everything = compress_activations(model, "hosvd", eps=0.8, **ALL_INPUTS)
+    got, _ = _grads(model, tokens, everything)
+    assert everything.stats.held_bytes < default.stats.held_bytes
+    # The held bytes are split by what holds them; the options' categories hold decompositions, not tensors.
+    for option in ALL_INPUTS:
+        part = everything.stats.held_breakdown[option]
+        assert part["held_bytes"] < part["original_bytes"], option
+    assert all(torch.isfinite(g).all() for g in got.values())
+
+
+@pytest.mark.parametrize("option", ["activation_inputs", "attention_inputs", "norm_inputs"])
+def test_an_unknown_input_policy_is_refused_naming_it(option):
+    with pytest.raises(ValueError, match=rf"{option} must be one of \('exact', 'compress'\); got {option}='approx'"):
+        compress_activations(None, "hosvd", **{option: "approx"})
