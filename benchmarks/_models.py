@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-MODELS = ("smallcnn", "resnet18", "resnet34", "mobilenet_v2")
+MODELS = ("smallcnn", "resnet18", "resnet34", "mobilenet_v2", "vit_tiny")
+#: torchvision ``VisionTransformer`` arguments of ``vit_tiny`` (``image_size`` and ``num_classes`` come from the run).
+VIT_TINY = {"patch_size": 4, "num_layers": 6, "num_heads": 4, "hidden_dim": 128, "mlp_dim": 256, "dropout": 0.0,
+            "attention_dropout": 0.0}
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
 
 
@@ -31,15 +34,34 @@ class SmallCNN(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
-def build_model(name: str, in_channels: int, num_classes: int, seed: int = 0) -> tuple[nn.Module, int]:
+def build_model(
+    name: str, in_channels: int, num_classes: int, seed: int = 0, *, image_size: int | None = None
+) -> tuple[nn.Module, int]:
     """A randomly initialised model (seeded) and the number of input channels it expects.
 
     torchvision's architectures take 3 channels (a grey dataset is repeated)
     and get a ``num_classes``-way classifier; no pretrained weights are used.
+
+    ``vit_tiny`` is torchvision's ``VisionTransformer`` sized for small
+    images (:data:`VIT_TINY`): 4x4 patches, 6 encoder blocks of 4 heads,
+    width 128, MLP width 256, no dropout (nor attention dropout: the
+    fine-tuning runs compare what a step holds, and dropout masks would add
+    to every method's count without being what is compared); about 0.8 M
+    parameters. Its position embedding is sized for one image side, so it
+    needs ``image_size`` (a multiple of 4); the CNNs ignore it (their
+    pooling takes any size).
     """
     torch.manual_seed(seed)
     if name == "smallcnn":
         return SmallCNN(in_channels, num_classes), in_channels
+    if name == "vit_tiny":
+        if image_size is None:
+            raise ValueError("vit_tiny needs image_size: its position embedding is sized for one image side")
+        if image_size % VIT_TINY["patch_size"]:
+            raise ValueError(f"vit_tiny needs an image size divisible by {VIT_TINY['patch_size']} (its patch size); got {image_size}")
+        from torchvision.models import VisionTransformer
+
+        return VisionTransformer(image_size=image_size, num_classes=num_classes, **VIT_TINY), 3
     if name in MODELS:
         import torchvision
 
@@ -48,7 +70,17 @@ def build_model(name: str, in_channels: int, num_classes: int, seed: int = 0) ->
 
 
 def candidate_layers(model: nn.Module) -> list[str]:
-    """Names of the ``nn.Conv2d``/``nn.Linear`` layers, in registration order (what ``convert(last=k)`` counts)."""
+    """Names of the ``nn.Conv2d``/``nn.Linear`` layers, in registration order (what ``convert(last=k)`` counts).
+
+    Exact types only, as ``convert`` selects them. In ``vit_tiny`` these are
+    the patch embedding (``conv_proj``), the two linear layers of each
+    block's MLP and the head: 14 layers. The attention projections are not
+    among them: the input projection is a parameter of
+    ``nn.MultiheadAttention``, not a module, and its output projection (a
+    ``NonDynamicallyQuantizableLinear``) is read by the functional attention
+    without being called, so neither could be converted. They stay frozen
+    for every k, so that the trainable layers are exactly the converted ones.
+    """
     return [name for name, m in model.named_modules() if name and type(m) in (nn.Conv2d, nn.Linear)]
 
 
@@ -145,24 +177,51 @@ def checkpoint_trainable(model: nn.Module) -> list[str]:
     with only its last conv trainable is recomputed whole (its frozen part
     keeps nothing either way, but the region keeps the block's input).
     Parameter-free children of the root stay outside the regions.
+
+    One exception to wrapping whole: a module that is only partly trainable,
+    has no trainable parameter of its own and is not an
+    ``nn.MultiheadAttention`` (which reads its output projection's weights
+    without calling it) is entered as the root is, so that its frozen
+    children are not recomputed. In the CNNs every such child of the root is
+    an ``nn.Sequential``, so this changes nothing there; in ``vit_tiny`` it
+    enters the encoder, whose block sequence then gives one region from the
+    first trainable block on and whose final LayerNorm another
+    (``["encoder.layers.encoder_layer_5", "encoder.ln", "heads"]`` for the
+    last 2 layers): the regions keep the last block's input and the
+    LayerNorm's, where the whole encoder as one region would keep only the
+    encoder's input but recompute all its frozen blocks in backward.
     """
     wrapped: list[str] = []
 
     def trainable(module: nn.Module) -> bool:
         return any(p.requires_grad for p in module.parameters())
 
-    for name, child in list(model.named_children()):
-        if not trainable(child):
-            continue
-        if isinstance(child, nn.Sequential) and not all(p.requires_grad for p in child.parameters()):
-            names = [n for n, _ in child.named_children()]
-            first = next(i for i, n in enumerate(names) if trainable(child.get_submodule(n)))
-            region = nn.Sequential(*(child.get_submodule(n) for n in names[first:]))
-            setattr(child, names[first], Checkpointed(region))
-            for n in names[first + 1 :]:
-                setattr(child, n, nn.Identity())
-            wrapped.append(f"{name}.{names[first]}..{names[-1]}" if len(names) - first > 1 else f"{name}.{names[first]}")
-        else:
-            setattr(model, name, Checkpointed(child))
-            wrapped.append(name)
+    def enterable(module: nn.Module) -> bool:
+        return (
+            not isinstance(module, (nn.Sequential, nn.MultiheadAttention))
+            and not all(p.requires_grad for p in module.parameters())
+            and not any(p.requires_grad for p in module.parameters(recurse=False))
+        )
+
+    def wrap_children(parent: nn.Module, prefix: str) -> None:
+        for name, child in list(parent.named_children()):
+            if not trainable(child):
+                continue
+            if isinstance(child, nn.Sequential) and not all(p.requires_grad for p in child.parameters()):
+                names = [n for n, _ in child.named_children()]
+                first = next(i for i, n in enumerate(names) if trainable(child.get_submodule(n)))
+                region = nn.Sequential(*(child.get_submodule(n) for n in names[first:]))
+                setattr(child, names[first], Checkpointed(region))
+                for n in names[first + 1 :]:
+                    setattr(child, n, nn.Identity())
+                wrapped.append(
+                    f"{prefix}{name}.{names[first]}..{names[-1]}" if len(names) - first > 1 else f"{prefix}{name}.{names[first]}"
+                )
+            elif enterable(child):
+                wrap_children(child, f"{prefix}{name}.")
+            else:
+                setattr(parent, name, Checkpointed(child))
+                wrapped.append(f"{prefix}{name}")
+
+    wrap_children(model, "")
     return wrapped

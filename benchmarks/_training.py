@@ -280,10 +280,10 @@ def setup_b(
     device = torch.device(device)
     first, second = split_non_iid(images.train_labels, seed=seed)
     mean, std = channel_stats(images.train_images)
-    _, channels = build_model(model_name, images.channels, images.num_classes, seed)
+    _, channels = build_model(model_name, images.channels, images.num_classes, seed, image_size=image_size)
 
     def build() -> nn.Module:
-        return build_model(model_name, images.channels, images.num_classes, seed)[0]
+        return build_model(model_name, images.channels, images.num_classes, seed, image_size=image_size)[0]
 
     def on_device(index: np.ndarray | None, test: bool = False) -> DeviceImages:
         source_x = images.test_images if test else images.train_images[index]

@@ -33,7 +33,8 @@ CNN, every method but CP (whose eps search makes a step cost 4.8x-8.9x
 vanilla's there, ``benchmarks/results/compare-digits-cp-step``; ``--methods
 all`` adds it), eps 0.8 and 0.9, the last 2 and 4 layers (a
 few minutes on two CPU cores). ``--dataset cifar10 --data-root DIR --model resnet18``
-runs the real-scale version.
+runs the real-scale version, and ``--model vit_tiny`` a small vision
+transformer at 32x32 (``benchmarks._models.build_model``) on either dataset.
 
 A decomposition of your own is compared by name once registered::
 
@@ -76,7 +77,7 @@ from ._finetune import BASELINES, MEMORY_COLUMNS, failed_row, relate_to_vanilla,
 from ._paper import format_paper_table, write_paper_comparison
 from ._pareto import pareto_plot
 from ._report import machine_description, text_table, write_table
-from ._setup import DEFAULTS, SETUP_DEFAULTED, add_setup_arguments, check_finetune_arguments, finetune_schedule
+from ._setup import DEFAULTS, MODEL_DEFAULTS, SETUP_DEFAULTED, add_setup_arguments, check_finetune_arguments, finetune_schedule
 from ._setup import parse_setup_arguments, pretrained_setup, resolve_layers
 
 #: Shown first where a list of methods is printed; every other method follows in the catalogue's order.
@@ -132,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
             "a few minutes on two CPU cores. Real scale: --dataset cifar10 --data-root DIR --model resnet18 "
             f"(--image-size 224, --epochs {DEFAULTS['cifar10']['epochs']}, "
             f"--pretrain-epochs {DEFAULTS['cifar10']['pretrain_epochs']} by default). "
+            "A small vision transformer: --model vit_tiny (torchvision's VisionTransformer, 4x4 patches, 6 blocks of "
+            "4 heads, width 128, MLP 256, no dropout; --image-size 32 on either dataset, "
+            f"--pretrain-epochs {MODEL_DEFAULTS['vit_tiny']['digits']['pretrain_epochs']} on digits and "
+            f"{MODEL_DEFAULTS['vit_tiny']['cifar10']['pretrain_epochs']} on cifar10 by default); its conv/linear "
+            "layers are the patch embedding, each block's two MLP layers and the head, the attention projections "
+            "staying frozen. "
             "Pretrained checkpoints and decoded images are cached under $TENSORCOMP_CACHE or ~/.cache/tensorcomp. "
             "A decomposition of your own: register it with tensorcomp.register(name, fn) in a script, then call "
             "benchmarks.compare.main(['--methods', 'vanilla', 'hosvd', name])."
@@ -316,7 +323,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
     from ._models import build_model, candidate_layers
 
-    probe, _ = build_model(args.model, 1 if args.dataset == "digits" else 3, 10)
+    probe, _ = build_model(args.model, 1 if args.dataset == "digits" else 3, 10, image_size=args.image_size)
     layers = resolve_layers(args.layers, len(candidate_layers(probe)))
     del probe
     progress = not args.no_progress

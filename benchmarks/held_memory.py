@@ -223,7 +223,7 @@ def torchvision_setting(name: str, args: argparse.Namespace) -> tuple[nn.Module,
         )
     data = resolve_images("auto", args.data_root)
     x, y, source = load_image_batch(data, args.batch, args.image_size, torch.device(args.device))
-    model, _ = build_model(name, 3, 10, seed=0)
+    model, _ = build_model(name, 3, 10, seed=0, image_size=args.image_size)
     return model.to(args.device), x, y, f"{name} (random init), {source} at {args.image_size}px, batch {args.batch}"
 
 

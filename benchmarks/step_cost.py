@@ -220,7 +220,7 @@ def _main(argv: Sequence[str] | None) -> int:
         images, labels, source = load_image_batch(data, 2 * args.batch_size, size, device)
         first, second = images[: args.batch_size], images[args.batch_size :]
         y1, y2 = labels[: args.batch_size], labels[args.batch_size :]
-        base = build_model(model_name, 3, 10)[0].to(device).train()
+        base = build_model(model_name, 3, 10, image_size=size)[0].to(device).train()
         for depth in tqdm(args.layers, desc=f"{model_name}@{size}", leave=False):
             for row in step_costs(base, depth, first, y1, args.methods, args.eps, args.repeats, watch):
                 step_rows.append({"model": model_name, "size": size, "data": source, **row})
