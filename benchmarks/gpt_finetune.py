@@ -9,14 +9,24 @@ on the same batches and seed, on the other half in each way:
 - ``exact``: the adapters' policy at ``eps`` 1 (masks, recomputed GELU and
   attention; every gradient exact, so the run follows vanilla's);
 - ``hosvd``/``svd`` at each ``--eps``: the linear and Conv1D inputs decomposed;
+- ``hosvd+all`` at each ``--eps``: also the LayerNorm, GELU and attention
+  inputs (``norm_inputs``, ``activation_inputs``, ``attention_inputs`` set
+  to ``"compress"``: the gradients below those ops become approximate);
+- ``checkpoint``: plain autograd with ``transformers``' own activation
+  checkpointing of every block (non-reentrant; exact, one more forward);
+- ``quant8_all``: every saved float tensor quantised to 8 bits (the
+  ``quant8`` baseline with the three options above; masks exact);
 - ``lora``: a PEFT LoRA adapter (r ``--lora-r``) with plain autograd, and
-  ``lora+hosvd`` at each ``--eps``.
+  ``lora+hosvd``/``lora+hosvd+all`` at each ``--eps``.
 
 Reported per way: validation loss and perplexity on held-out text of the
 fine-tuning half (the last tenth of its bytes, never trained on), the peak
 over steps of what a step holds for backward (an independent census for the
-plain runs, the adapters' ledger otherwise) and its ratio to vanilla's, and
-the step time over vanilla's (same process, same machine).
+plain runs, the checkpointed blocks' inputs included; the adapters' ledger
+otherwise) and its ratio to vanilla's, and the step time over vanilla's and
+over checkpointing's (same process, same machine). The figure
+(``pareto.png``) plots validation loss against held memory, the Pareto
+front marked.
 
 Run: ``python -m benchmarks.gpt_finetune`` (needs the ``hf`` extra).
 """
@@ -111,8 +121,6 @@ def pretrain(args: argparse.Namespace, text: dict[str, Any]) -> dict[str, Any]:
 def finetune(args: argparse.Namespace, text: dict[str, Any], state: dict[str, Any], way: str, eps: float | None) -> dict[str, Any]:
     import torch
 
-    from tensorcomp.adapters import compress_activations
-
     from ._census import SavedCensus
 
     model = build_gpt2(args.embd, args.n_layer, args.tokens, seed=args.seed)
@@ -120,9 +128,20 @@ def finetune(args: argparse.Namespace, text: dict[str, Any], state: dict[str, An
     if way.startswith("lora"):
         model = with_lora(model, args.lora_r)
         model.train()
-    method = {"exact": "hosvd", "lora+hosvd": "hosvd"}.get(way, way)
-    compressed = way not in ("vanilla", "lora")
-    ctx = compress_activations(model, method, eps=1.0 if way == "exact" else eps) if compressed else None
+    ctx = compression(model, way, eps)
+    census: SavedCensus | None = None
+    if way == "checkpoint":
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+        def keep_inputs(module: Any, args_: tuple, kwargs: dict) -> None:
+            # A checkpointed block keeps its tensor inputs (outside autograd's saved tensors): count them.
+            if census is not None and torch.is_grad_enabled():
+                for t in (*args_, *kwargs.values()):
+                    if isinstance(t, torch.Tensor):
+                        census.add(t)
+
+        for block in model.transformer.h:
+            block.register_forward_pre_hook(keep_inputs, with_kwargs=True)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     generator = torch.Generator().manual_seed(args.seed + 1)
     torch.manual_seed(args.seed + 2)  # the same dropout masks in every way
@@ -136,6 +155,7 @@ def finetune(args: argparse.Namespace, text: dict[str, Any], state: dict[str, An
                 with census:
                     loss = _loss(model, batch)
                 held.append(census.nbytes)
+                census = None
             else:
                 with ctx:
                     loss = _loss(model, batch)
@@ -149,6 +169,68 @@ def finetune(args: argparse.Namespace, text: dict[str, Any], state: dict[str, An
             bar.update()
     val = validation_loss(model, text["validation"], args)
     return {"val_loss": val, "held_bytes": max(held), "step_s": statistics.median(seconds[1:] or seconds)}
+
+
+#: The three options that make every saved float tensor a stored form of the method's (see compress_activations).
+ALL_INPUTS = {"norm_inputs": "compress", "activation_inputs": "compress", "attention_inputs": "compress"}
+
+
+def compression(model: Any, way: str, eps: float | None) -> Any:
+    """The ``compress_activations`` context of a way, or ``None`` for the plain ones (vanilla, checkpoint, lora)."""
+    from tensorcomp.adapters import compress_activations
+
+    if way in ("vanilla", "checkpoint", "lora"):
+        return None
+    if way == "exact":
+        return compress_activations(model, "hosvd", eps=1.0)
+    if way == "quant8_all":
+        return compress_activations(model, "quant8", **ALL_INPUTS)
+    method = way.removeprefix("lora+")
+    options = ALL_INPUTS if method.endswith("+all") else {}
+    return compress_activations(model, method.removesuffix("+all"), eps=eps, **options)
+
+
+def ways(eps_values: Sequence[float]) -> list[tuple[str, float | None]]:
+    """Every way to fine-tune, in the order run and reported."""
+    out: list[tuple[str, float | None]] = [("vanilla", None), ("exact", None), ("checkpoint", None), ("quant8_all", None)]
+    out += [(m, e) for e in eps_values for m in ("hosvd", "svd", "hosvd+all")]
+    out += [("lora", None)] + [(m, e) for e in eps_values for m in ("lora+hosvd", "lora+hosvd+all")]
+    return out
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
+    """For each ``(held, loss)``, whether no other point holds no more and has no higher loss, one of them strictly less."""
+    return [
+        not any(h2 <= h and l2 <= l and (h2 < h or l2 < l) for h2, l2 in points)
+        for h, l in points
+    ]
+
+
+def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
+    """Validation loss against held memory (log scale), a point per way, the Pareto front joined."""
+    from ._report import pyplot, save_figure
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    points = [(r["held_MiB"], r["val_loss"]) for r in rows]
+    front = pareto_front(points)
+    families = {"vanilla": "#333333", "exact": "#8172B2", "checkpoint": "#937860", "quant8_all": "#DD8452", "lora": "#64B5CD"}
+    for r, on_front in zip(rows, front):
+        way = r["way"]
+        colour = families.get(way) or ("#C44E52" if way.endswith("+all") else "#55A868" if "svd" == way else "#4C72B0")
+        marker = "s" if way.startswith("lora") else "o"
+        ax.scatter(r["held_MiB"], r["val_loss"], color=colour, marker=marker, s=60 if on_front else 30,
+                   edgecolors="black" if on_front else "none", zorder=3)
+        label = way if r["eps"] in (None, "") or way == "exact" else f"{way} {r['eps']:g}"
+        ax.annotate(label, (r["held_MiB"], r["val_loss"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    on = sorted(p for p, f in zip(points, front) if f)
+    ax.plot([p[0] for p in on], [p[1] for p in on], color="black", linewidth=0.8, linestyle="--", zorder=2, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel("held for backward per step, peak (MiB, log scale)")
+    ax.set_ylabel("validation loss (nats per byte; lower is better)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    save_figure(fig, path, title)
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -174,15 +256,12 @@ def _main(argv: Sequence[str] | None) -> int:
     pretrained.load_state_dict(state)
     before = validation_loss(pretrained, text["validation"], args)
     print(f"pretrained: val loss {before:.4f} on the fine-tuning half's held-out text", flush=True)
-    ways: list[tuple[str, float | None]] = [("vanilla", None), ("exact", None)]
-    ways += [(m, e) for e in args.eps for m in ("hosvd", "svd")]
-    ways += [("lora", None)] + [("lora+hosvd", e) for e in args.eps]
     results = {}
-    for way, eps in ways:
+    for way, eps in ways(args.eps):
         r = finetune(args, text, state, way, eps)
         results[(way, eps)] = r
         print(f"{way}{'' if eps is None else f' eps={eps}'}: val loss {r['val_loss']:.4f}, held {r['held_bytes'] / 2**20:.2f} MiB", flush=True)
-    vanilla = results[("vanilla", None)]
+    vanilla, checkpointed = results[("vanilla", None)], results[("checkpoint", None)]
     rows = [
         {
             "way": way,
@@ -193,6 +272,8 @@ def _main(argv: Sequence[str] | None) -> int:
             "held_MiB": round(r["held_bytes"] / 2**20, 3),
             "held_vs_vanilla": round(vanilla["held_bytes"] / r["held_bytes"], 2),
             "step_vs_vanilla": round(r["step_s"] / vanilla["step_s"], 2),
+            "step_vs_checkpoint": round(r["step_s"] / checkpointed["step_s"], 2),
+            "held_vs_checkpoint": round(checkpointed["held_bytes"] / r["held_bytes"], 2),
         }
         for (way, eps), r in results.items()
     ]
@@ -205,12 +286,17 @@ def _main(argv: Sequence[str] | None) -> int:
         f"{len(second)} without the paragraphs they repeat from the first ({len(text['finetune']):,} bytes), validation on the last 10% of those ({len(text['validation']):,} bytes)",
         model=f"GPT-2 from a config: n_embd {args.embd}, {args.n_layer} layers, byte vocabulary, dropout 0.1, random init",
         held="peak over fine-tuning steps; plain runs: an independent census of the saved tensors; others: the adapters' ledger",
-        step="median wall time of forward + backward + optimizer step over vanilla's, same process",
+        step="median wall time of forward + backward + optimizer step over vanilla's (and checkpoint's), same process",
+        checkpoint="transformers' gradient_checkpointing_enable (non-reentrant) on every block; held counts each block's inputs",
+        quant8_all="compress_activations(model, 'quant8', norm_inputs/activation_inputs/attention_inputs='compress')",
+        all_inputs="'+all': norm_inputs, activation_inputs and attention_inputs set to 'compress'",
         pretrained_val_loss=round(before, 4),
     )
     args.out.mkdir(parents=True, exist_ok=True)
     write_table(args.out / "results", rows, meta)
-    print(f"wrote {args.out}/results.csv, results.json")
+    plot(rows, args.out / "pareto.png",
+         f"GPT-2 (n_embd {args.embd}, {args.n_layer} layers) fine-tuned {args.steps} steps on pydoc text, setup B")
+    print(f"wrote {args.out}/results.csv, results.json, pareto.png")
     return 0
 
 

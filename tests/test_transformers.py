@@ -313,10 +313,25 @@ def test_gpt_finetune_benchmark_smoke(tmp_path):
             "--eps", "0.8", "--lora-r", "2", "--val-batches", "1", "--out", str(tmp_path), "--no-progress"]
     assert gpt_finetune.main(argv) == 0
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
-    assert [r["way"] for r in rows] == ["vanilla", "exact", "hosvd", "svd", "lora", "lora+hosvd"]
+    assert [r["way"] for r in rows] == [
+        "vanilla", "exact", "checkpoint", "quant8_all", "hosvd", "svd", "hosvd+all", "lora", "lora+hosvd", "lora+hosvd+all"
+    ]
     by = {r["way"]: r for r in rows}
-    assert by["exact"]["val_loss"] == pytest.approx(by["vanilla"]["val_loss"], rel=1e-5)  # exact gradients: the same run
+    # Exact gradients: the same run.
+    assert by["exact"]["val_loss"] == pytest.approx(by["vanilla"]["val_loss"], rel=1e-5)
+    assert by["checkpoint"]["val_loss"] == pytest.approx(by["vanilla"]["val_loss"], rel=1e-5)
     assert all(r["held_vs_vanilla"] > 1.0 for r in rows if r["way"] not in ("vanilla", "lora"))
+    # Compressing every input holds less than compressing the layers' inputs alone.
+    assert by["hosvd+all"]["held_MiB"] < by["hosvd"]["held_MiB"]
+    assert by["lora+hosvd+all"]["held_MiB"] < by["lora+hosvd"]["held_MiB"]
+    assert (tmp_path / "pareto.png").stat().st_size > 0
+
+
+def test_pareto_front_of_the_gpt_benchmark():
+    from benchmarks.gpt_finetune import pareto_front
+
+    # (held, loss): the second holds more and is worse; the third ties the first's loss with less memory.
+    assert pareto_front([(10.0, 2.0), (20.0, 2.5), (5.0, 2.0), (1.0, 3.0)]) == [False, False, True, True]
 
 
 def test_gpt_finetune_rejects_bad_arguments(capsys):
