@@ -1,4 +1,4 @@
-"""Real text that ships with Python, as byte tokens, and a small GPT-2 built from a config (no download).
+"""Real text that ships with Python, as byte tokens, a small GPT-2 built from a config (no download), and the ways to train it.
 
 ``pydoc_data.topics`` holds about 465 KB of English documentation in 79
 topics. Setup B splits the topics into two halves: alternate topics in
@@ -10,6 +10,7 @@ also drops from the second half every paragraph that occurs in the first.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -96,3 +97,45 @@ def with_lora(model: Any, r: int) -> Any:
 
     config = peft.LoraConfig(r=r, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True, lora_dropout=0.0)
     return peft.get_peft_model(model, config)
+
+
+#: The three options that make every saved float tensor a stored form of the method's (see compress_activations).
+ALL_INPUTS = {"norm_inputs": "compress", "activation_inputs": "compress", "attention_inputs": "compress"}
+
+
+def compression(model: Any, way: str, eps: float | None) -> Any:
+    """The ``compress_activations`` context of a way, or ``None`` for the plain ones (vanilla, checkpoint, lora)."""
+    from tensorcomp.adapters import compress_activations
+
+    if way in ("vanilla", "checkpoint", "lora"):
+        return None
+    if way == "exact":
+        return compress_activations(model, "hosvd", eps=1.0)
+    if way == "quant8_all":
+        return compress_activations(model, "quant8", **ALL_INPUTS)
+    method = way.removeprefix("lora+")
+    options = ALL_INPUTS if method.endswith("+all") else {}
+    return compress_activations(model, method.removesuffix("+all"), eps=eps, **options)
+
+
+def checkpoint_blocks(model: Any, census: Callable[[], Any]) -> None:
+    """Every GPT-2 block of ``model`` under ``transformers``' own activation checkpointing (non-reentrant).
+
+    A checkpointed block keeps its tensor inputs outside autograd's saved
+    tensors; each is added to ``census()`` (a ``SavedCensus`` or ``None``)
+    when the block runs with gradients enabled.
+    """
+    import torch
+
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    def keep_inputs(module: Any, args: tuple, kwargs: dict) -> None:
+        counter = census()
+        if counter is not None and torch.is_grad_enabled():
+            for t in (*args, *kwargs.values()):
+                if isinstance(t, torch.Tensor):
+                    counter.add(t)
+
+    for block in base.transformer.h:
+        block.register_forward_pre_hook(keep_inputs, with_kwargs=True)

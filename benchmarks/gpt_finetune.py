@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from ._cli import Parser, UsageError, check_eps, check_positive, run_main
-from ._text import as_bytes, build_gpt2, half_texts, random_windows, topic_halves, with_lora
+from ._text import as_bytes, build_gpt2, checkpoint_blocks, compression, half_texts, random_windows, topic_halves, with_lora
 
 PROG = "python -m benchmarks.gpt_finetune"
 RESULTS = Path(__file__).resolve().parent / "results" / "gpt_finetune"
@@ -131,17 +131,7 @@ def finetune(args: argparse.Namespace, text: dict[str, Any], state: dict[str, An
     ctx = compression(model, way, eps)
     census: SavedCensus | None = None
     if way == "checkpoint":
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-        def keep_inputs(module: Any, args_: tuple, kwargs: dict) -> None:
-            # A checkpointed block keeps its tensor inputs (outside autograd's saved tensors): count them.
-            if census is not None and torch.is_grad_enabled():
-                for t in (*args_, *kwargs.values()):
-                    if isinstance(t, torch.Tensor):
-                        census.add(t)
-
-        for block in model.transformer.h:
-            block.register_forward_pre_hook(keep_inputs, with_kwargs=True)
+        checkpoint_blocks(model, lambda: census)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     generator = torch.Generator().manual_seed(args.seed + 1)
     torch.manual_seed(args.seed + 2)  # the same dropout masks in every way
@@ -169,25 +159,6 @@ def finetune(args: argparse.Namespace, text: dict[str, Any], state: dict[str, An
             bar.update()
     val = validation_loss(model, text["validation"], args)
     return {"val_loss": val, "held_bytes": max(held), "step_s": statistics.median(seconds[1:] or seconds)}
-
-
-#: The three options that make every saved float tensor a stored form of the method's (see compress_activations).
-ALL_INPUTS = {"norm_inputs": "compress", "activation_inputs": "compress", "attention_inputs": "compress"}
-
-
-def compression(model: Any, way: str, eps: float | None) -> Any:
-    """The ``compress_activations`` context of a way, or ``None`` for the plain ones (vanilla, checkpoint, lora)."""
-    from tensorcomp.adapters import compress_activations
-
-    if way in ("vanilla", "checkpoint", "lora"):
-        return None
-    if way == "exact":
-        return compress_activations(model, "hosvd", eps=1.0)
-    if way == "quant8_all":
-        return compress_activations(model, "quant8", **ALL_INPUTS)
-    method = way.removeprefix("lora+")
-    options = ALL_INPUTS if method.endswith("+all") else {}
-    return compress_activations(model, method.removesuffix("+all"), eps=eps, **options)
 
 
 def ways(eps_values: Sequence[float]) -> list[tuple[str, float | None]]:

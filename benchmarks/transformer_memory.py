@@ -11,17 +11,25 @@ same step (same weights, same batch) and reports
   of the saved tensors (plain runs) or the adapters' own ledger;
 - ``held_vs_vanilla`` and ``held_vs_lora``: vanilla's (full fine-tuning) and
   LoRA alone's held bytes over this way's;
-- the held breakdown (layer inputs, masks, norm inputs, other);
+- the held breakdown (layer inputs, masks, norm inputs, activation inputs,
+  attention inputs, other);
 - ``max_exact_grad_error``: the largest relative error, against the same
   model run as plain autograd, of the gradient with respect to the input
-  embeddings and of every parameter gradient the policy must leave exact;
-- the step time against the plain run of the same model.
+  embeddings and of every parameter gradient the policy must leave exact
+  (empty for the ways that change every gradient below the first
+  compressed norm, activation or attention);
+- the step time against the plain run of the same model and against its
+  checkpointed run.
 
-Ways: ``plain`` (vanilla autograd), ``exact`` (the policy at ``eps`` 1:
-masks, recomputed activation chains, frozen weights keeping nothing; every
-gradient exact), and ``hosvd``/``svd`` at ``--eps`` (the linear and Conv1D
-inputs decomposed), each without and with a PEFT LoRA adapter (r 8 on
-c_attn, c_proj and c_fc).
+Ways: ``plain`` (vanilla autograd), ``checkpoint`` (``transformers``' own
+non-reentrant activation checkpointing of every block; exact), ``exact``
+(the policy at ``eps`` 1: masks, recomputed activation chains, frozen
+weights keeping nothing; every gradient exact), ``hosvd``/``svd`` at
+``--eps`` (the linear and Conv1D inputs decomposed), ``hosvd+all`` (also the
+LayerNorm, GELU and attention inputs: ``norm_inputs``,
+``activation_inputs``, ``attention_inputs="compress"``) and ``quant8_all``
+(every saved float tensor quantised to 8 bits), each without and with a
+PEFT LoRA adapter (r 8 on c_attn, c_proj and c_fc).
 
 Run: ``python -m benchmarks.transformer_memory`` (needs the ``hf`` extra).
 """
@@ -38,11 +46,14 @@ from pathlib import Path
 from typing import Any
 
 from ._cli import Parser, UsageError, check_eps, check_positive, run_main
-from ._text import build_gpt2, text_batch
+from ._text import build_gpt2, checkpoint_blocks, compression, text_batch
 
 PROG = "python -m benchmarks.transformer_memory"
 RESULTS = Path(__file__).resolve().parent / "results" / "transformer_memory"
-CATEGORIES = ("layer_inputs", "masks", "norm_inputs", "other")
+CATEGORIES = ("layer_inputs", "masks", "norm_inputs", "activation_inputs", "attention_inputs", "other")
+WAYS = ("plain", "checkpoint", "exact", "hosvd", "svd", "hosvd+all", "quant8_all")
+#: Ways whose every gradient below a compressed norm, activation or attention input is approximate.
+APPROXIMATE_BELOW = ("hosvd+all", "quant8_all")
 
 
 def build_parser() -> Parser:
@@ -63,12 +74,13 @@ def build_parser() -> Parser:
 def run_way(args: argparse.Namespace, lora: bool, way: str, tokens: Any) -> dict[str, Any]:
     import torch
 
-    from tensorcomp.adapters import compress_activations
-
     from ._census import SavedCensus, allocator_in_use
 
     model = build_gpt2(args.embd, args.n_layer, args.tokens, seed=args.seed, lora_r=args.lora_r if lora else None)
     base = model.get_base_model() if lora else model
+    census: SavedCensus | None = None
+    if way == "checkpoint":
+        checkpoint_blocks(model, lambda: census)
     in_use = allocator_in_use(torch.device("cpu"))
     ms, allocated, held, stats = [], [], [], None
     for step in range(args.repeats + 1):
@@ -77,12 +89,12 @@ def run_way(args: argparse.Namespace, lora: bool, way: str, tokens: Any) -> dict
         gc.collect()
         before = in_use()
         t0 = time.perf_counter()
-        if way == "plain":
+        ctx = compression(model, "exact" if way == "exact" else way if way != "plain" else "vanilla", args.eps)
+        if ctx is None:
             census = SavedCensus(model)
             with census:
                 loss = model(inputs_embeds=embeds, labels=tokens).loss
         else:
-            ctx = compress_activations(model, "hosvd" if way == "exact" else way, eps=1.0 if way == "exact" else args.eps)
             with ctx:
                 loss = model(inputs_embeds=embeds, labels=tokens).loss
         gc.collect()
@@ -92,8 +104,9 @@ def run_way(args: argparse.Namespace, lora: bool, way: str, tokens: Any) -> dict
         if step:
             ms.append(1e3 * (t1 - t0))
             allocated.append(alloc)
-            held.append(census.nbytes if way == "plain" else ctx.stats.held_bytes)
-            stats = None if way == "plain" else ctx.stats
+            held.append(census.nbytes if ctx is None else ctx.stats.held_bytes)
+            stats = None if ctx is None else ctx.stats
+        census = None
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     grads["<input embeddings>"] = embeds.grad.detach().clone()
     decomposed = set()
@@ -115,11 +128,11 @@ def run_way(args: argparse.Namespace, lora: bool, way: str, tokens: Any) -> dict
 
 def _rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     tokens = text_batch(args.batch, args.tokens)
-    results = {(lora, way): run_way(args, lora, way, tokens) for lora in (False, True) for way in ("plain", "exact", "hosvd", "svd")}
+    results = {(lora, way): run_way(args, lora, way, tokens) for lora in (False, True) for way in WAYS}
     vanilla, lora_alone = results[(False, "plain")], results[(True, "plain")]
     rows = []
     for (lora, way), r in results.items():
-        plain = results[(lora, "plain")]
+        plain, checkpointed = results[(lora, "plain")], results[(lora, "checkpoint")]
         errors = [
             float((r["grads"][n] - g).norm() / g.norm().clamp_min(1e-30))
             for n, g in plain["grads"].items()
@@ -128,7 +141,7 @@ def _rows(args: argparse.Namespace) -> list[dict[str, Any]]:
         row = {
             "model": "gpt2+lora" if lora else "gpt2",
             "way": way,
-            "eps": None if way == "plain" else (1.0 if way == "exact" else args.eps),
+            "eps": None if way in ("plain", "checkpoint", "quant8_all") else (1.0 if way == "exact" else args.eps),
             "loss": round(r["loss"], 5),
             "allocator_MiB": round(r["allocator_bytes"] / 2**20, 3),
             "held_MiB": round(r["held_bytes"] / 2**20, 3),
@@ -137,7 +150,9 @@ def _rows(args: argparse.Namespace) -> list[dict[str, Any]]:
             "held_vs_lora": round(lora_alone["held_bytes"] / r["held_bytes"], 2),
             "allocator_vs_vanilla": round(vanilla["allocator_bytes"] / r["allocator_bytes"], 2),
             "step_vs_plain": round(r["step_ms"] / plain["step_ms"], 2),
-            "max_exact_grad_error": max(errors),
+            "step_vs_checkpoint": round(r["step_ms"] / checkpointed["step_ms"], 2),
+            "held_vs_checkpoint": round(checkpointed["held_bytes"] / r["held_bytes"], 2),
+            "max_exact_grad_error": None if way in APPROXIMATE_BELOW else max(errors),
         }
         for category in CATEGORIES:
             part = (r["breakdown"] or {}).get(category)
@@ -162,13 +177,14 @@ def _main(argv: Sequence[str] | None) -> int:
 
     rows = _rows(args)
     columns = ["model", "way", "eps", "loss", "allocator_MiB", "held_MiB", "held_vs_allocator", "held_vs_vanilla", "held_vs_lora",
-               "step_vs_plain", "max_exact_grad_error"]
+               "held_vs_checkpoint", "step_vs_plain", "step_vs_checkpoint", "max_exact_grad_error"]
     print(text_table(columns, [[("-" if r[c] is None else f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c])) for c in columns] for r in rows], left=(0, 1)))
     meta = machine_description("cpu", argv=argv)
     meta.update(
         data="pydoc_data.topics (Python's standard library), byte tokens, evenly spaced windows",
         allocator="glibc mallinfo2 bytes in use after the forward minus before, loss excluded",
-        held="plain: an independent census of the saved tensors (benchmarks._census.SavedCensus); others: the adapters' ledger",
+        held="plain and checkpoint: an independent census of the saved tensors (benchmarks._census.SavedCensus; "
+        "checkpoint: plus each block's inputs); others: the adapters' ledger",
         step="forward + backward wall time, median of the timed steps, over the plain run of the same model",
     )
     args.out.mkdir(parents=True, exist_ok=True)
