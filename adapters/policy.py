@@ -32,10 +32,16 @@ Conv1D)
 elementwise activation modules    their input only; the chain is recomputed    exact
 (``transformers.activations``:    from it in backward
 tanh-GELU of GPT-2, quick GELU)
+gelu, silu, mish                  their input, as vanilla                      exact
 scaled_dot_product_attention      query, key, value (and mask); recomputed,    exact
                                   dropout replayed from the generator state
 anything else                     what vanilla autograd keeps, counted         exact
 ================================  ===========================================  ==============
+
+``activation_inputs="compress"`` keeps the method's decomposition of the
+input of the activation rows instead (recomputed from the rebuilt input),
+``attention_inputs="compress"`` those of the query, key and value; the
+gradients of everything below such an op then become approximate.
 
 Every tensor kept, raw or compact, is counted once per storage in the step's
 ledger (:mod:`tensorcomp.adapters._held`, NOTE [ Held memory ]).
