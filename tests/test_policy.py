@@ -769,3 +769,36 @@ def test_activation_inputs_compress_decomposes_the_activation_input(act):
     assert torch.equal(out, ref_out)
     assert torch.allclose(got[3], ref[3], rtol=1e-10)  # the last bias
     assert not torch.allclose(got_x, ref_x, rtol=1e-3)  # below the activation: approximate
+
+
+ALL_INPUTS = {"norm_inputs": "compress", "activation_inputs": "compress", "attention_inputs": "compress"}
+
+
+@pytest.mark.parametrize("name", ["vit", "encoder_layer", "gpt_block"])
+def test_transformer_blocks_with_every_input_compressed(name):
+    """eps 1 equals vanilla in both styles; at eps 0.5 the forward is unchanged, more is held less, nothing is NaN."""
+    model, x = _build(name, False)
+    expected = _all_grads(model, x)
+    with torch.no_grad():
+        expected_out = model(x)
+    for style in ("hooks", "convert"):
+        model, x = _build(name, False)
+        if style == "hooks":
+            ctx = compress_activations(model, "hosvd", eps=1.0, min_numel=1, **ALL_INPUTS)
+            got = _all_grads(model, x, ctx)
+        else:
+            convert(model, "hosvd", eps=1.0, min_numel=1, **ALL_INPUTS)
+            got = _all_grads(model, x)
+        for pname in expected:
+            error = (got[pname] - expected[pname]).norm() / expected[pname].norm().clamp_min(1e-300)
+            assert error <= 1e-9, f"{style} {pname}: relative error {error:.2e}"
+    model, x = _build(name, False)
+    default = compress_activations(model, "hosvd", eps=0.5, min_numel=1)
+    _all_grads(model, x, default)
+    everything = compress_activations(model, "hosvd", eps=0.5, min_numel=1, **ALL_INPUTS)
+    with everything:
+        out = model(x)
+    assert torch.equal(out, expected_out)
+    out.square().sum().backward()
+    assert everything.stats.held_bytes < default.stats.held_bytes
+    assert torch.isfinite(x.grad).all() and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
