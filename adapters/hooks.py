@@ -76,6 +76,8 @@ class compress_activations(torch.autograd.graph.saved_tensors_hooks):
       frozen: its input gradient is exact;
     - normalisations in training mode keep their input exactly, unless
       ``norm_inputs="compress"`` (then the gradients below them change too);
+      a LayerNorm whose output another op keeps raw keeps nothing of its
+      own and reads its input back from that output (exact up to rounding);
     - the elementwise activation chains of ``transformers`` (GPT-2's
       tanh-GELU) and attention (``scaled_dot_product_attention``) keep only
       their inputs and are recomputed in backward, exactly; GELU, SiLU and

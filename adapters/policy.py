@@ -27,6 +27,9 @@ batch_norm, evaluation mode       the method's decomposition of the input      i
 batch_norm, layer_norm,           the input, raw (default); with               exact (default)
 group_norm, training mode         ``norm_inputs="compress"`` the method's
                                   decomposition, rebuilt in backward           approx. below
+layer_norm (default)              its output instead of its input where        exact up to
+                                  another op keeps the output raw anyway       rounding
+                                  (nothing of its own then)
 addmm(bias, x, W) (``transformers``  as linear, with the weight ``W.t()``          as linear
 Conv1D)
 elementwise activation modules    their input only; the chain is recomputed    exact
@@ -503,6 +506,76 @@ class _BatchNormEvalFunction(torch.autograd.Function):
         return grad_input, None, None, grad_weight, grad_bias, None, None
 
 
+#: Largest ``|bias / weight|`` for which a LayerNorm reads its normalised input back from its output:
+#: ``xhat = (y - bias) / weight`` carries a rounding error of about ``(|xhat| + |bias / weight|)`` ulps.
+_MAX_BIAS_OVER_WEIGHT = 8.0
+
+
+class _LayerNormKept:
+    """What a LayerNorm keeps besides its statistics, decided when the forward ends (see :meth:`Session.stop`).
+
+    Vanilla autograd keeps the norm's input ``x``. When another op keeps the
+    norm's output ``y`` raw anyway (the next layer's input at ``eps`` 1, a
+    LoRA ``lora_A`` input, a frozen attention's ...), the norm reads ``y``
+    instead and keeps nothing of its own: ``xhat = (y - bias) / weight`` and
+    ``x = xhat / rstd + mean``, exact up to rounding (apex's
+    memory-efficient LayerNorm does the same). Only where every weight is
+    non-zero, ``|bias / weight| <= 8`` and ``y`` is float32 or float64;
+    otherwise ``x`` is kept, as vanilla keeps it.
+    """
+
+    __slots__ = ("x", "x_version", "y", "y_version", "out", "hold", "__weakref__")
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.x: torch.Tensor | None = x
+        self.x_version = x._version
+        self.y: torch.Tensor | None = None
+        self.y_version = 0
+        self.out: weakref.ref | None = None
+        self.hold: Any = None
+
+
+def _check_version(t: torch.Tensor, version: int, what: str) -> None:
+    if t._version != version:
+        raise RuntimeError(
+            "one of the variables needed for gradient computation has been modified by an inplace operation: "
+            f"{what} of shape {tuple(t.shape)} is at version {t._version}; expected version {version} instead"
+        )
+
+
+class _LayerNormFunction(torch.autograd.Function):
+    """Layer norm keeping its statistics and, decided at the end of the forward, its input or its output (:class:`_LayerNormKept`)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, shape, eps, session):  # type: ignore[override]
+        with _no_torch_function():
+            out, mean, rstd = torch.native_layer_norm(x, shape, weight, bias, eps)
+        kept = _LayerNormKept(x)
+        ctx.shape = shape
+        ctx.save_for_backward(weight, bias, mean, rstd, _keep(kept))
+        session.defer_layer_norm(out, kept, weight, bias)
+        return out
+
+    @staticmethod
+    @_first_order
+    def backward(ctx, grad):  # type: ignore[override]
+        weight, bias, mean, rstd, token = ctx.saved_tensors
+        kept = _kept(token)
+        mask = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]]
+        with _no_torch_function():
+            if kept.y is not None:
+                _check_version(kept.y, kept.y_version, "a LayerNorm's output, kept for its backward,")
+                y = kept.y
+                xhat = y if bias is None else y - bias
+                xhat = xhat if weight is None else xhat / weight
+                x = xhat / rstd + mean
+            else:
+                _check_version(kept.x, kept.x_version, "a LayerNorm's saved input")
+                x = kept.x
+            gi, gw, gb = torch.ops.aten.native_layer_norm_backward(grad.contiguous(), x, ctx.shape, mean, rstd, weight, bias, mask)
+        return gi, gw, gb, None, None, None
+
+
 class _NormRebuildFunction(torch.autograd.Function):
     """A training-mode normalisation keeping its input's decomposition and statistics; backward rebuilds the input."""
 
@@ -764,6 +837,7 @@ class Session:
         self._counts: dict[str, int] = {}
         self._op_counts: dict[str, int] = {}
         self._pending: dict[int, tuple] = {}
+        self._layer_norms: list[tuple] = []
         self._category = "other"
         self._mode: _Mode | None = None
         self._cuda_start: int | None = None
@@ -776,6 +850,7 @@ class Session:
         self._counts = {}
         self._op_counts = {}
         self._frames = []
+        self._layer_norms = []
         if self.model is not None:
             self._excluded = {p for t in (*self.model.parameters(), *self.model.buffers()) if (p := storage_ptr(t))}
             for name, module in self.model.named_modules():
@@ -807,6 +882,7 @@ class Session:
             # Norm outputs nobody consumed inside the forward: keep their inputs' stored forms now.
             with _no_torch_function():
                 self._resolve_all()
+                self._resolve_layer_norms()
             if self._saved_hooks is not None:
                 self._saved_hooks.__exit__(None, None, None)
             if self._mode is not None:
@@ -967,6 +1043,38 @@ class Session:
                 for u in t:
                     if isinstance(u, torch.Tensor) and (entry := self.take_pending(u)) is not None:
                         self._resolve_from_input(entry)
+
+    # -- layer norms: input or output, decided when the forward ends (see _LayerNormKept) --
+    def defer_layer_norm(self, out: torch.Tensor, kept: _LayerNormKept, weight: torch.Tensor | None, bias: torch.Tensor | None) -> None:
+        """Keep the norm's input until the forward ends, then the input or, if another op keeps it raw, the output.
+
+        Vanilla keeps the input for the whole step, so holding it meanwhile
+        adds nothing; what is finally kept is counted when it is decided.
+        """
+        usable = out.dtype in (torch.float32, torch.float64)
+        if usable and weight is not None:
+            with torch.no_grad():
+                nonzero = bool((weight != 0).all())
+                usable = nonzero and (bias is None or float((bias / weight).abs().max()) <= _MAX_BIAS_OVER_WEIGHT)
+        kept.out = weakref.ref(out) if usable else None
+        kept.y_version = out._version
+        self._layer_norms.append(kept)
+
+    def _resolve_layer_norms(self) -> None:
+        pending, self._layer_norms = self._layer_norms, []
+        ledger = self.ledger
+        for kept in pending:
+            if kept.x is None or ledger is None:
+                continue
+            out = kept.out() if kept.out is not None else None
+            kept.out = None
+            if out is not None and out._version == kept.y_version and HeldLedger.raw_tensor(ledger.source(out)) is not None:
+                # Another op keeps the output raw: read it (no new bytes), and count the input vanilla would keep.
+                kept.y, kept.hold = out, ledger.hold_raw(out, "norm_inputs")
+                self.hold_original(kept, kept.x, "norm_inputs")
+                kept.x = None
+            elif not self._not_counted(kept.x):
+                kept.hold = ledger.hold_raw(kept.x, "norm_inputs")
 
     def _resolve_all(self) -> None:
         pending, self._pending = self._pending, {}
@@ -1336,9 +1444,11 @@ def _batch_norm(session: Session, func, args, kwargs):
 def _layer_norm(session: Session, func, args, kwargs):
     a = _bind(args, kwargs, ("input", "normalized_shape", "weight", "bias", "eps"), {"weight": None, "bias": None, "eps": 1e-5})
     x = a["input"]
-    if session.norm_inputs != "compress" or not _needs_grad(x, a["weight"], a["bias"]) or not x.is_floating_point():
+    if not _needs_grad(x, a["weight"], a["bias"]) or not x.is_floating_point() or torch.is_autocast_enabled(x.device.type):
         return session.call(func, args, kwargs, "norm_inputs")
     shape, eps = list(a["normalized_shape"]) if not isinstance(a["normalized_shape"], int) else [a["normalized_shape"]], float(a["eps"])
+    if session.norm_inputs != "compress":
+        return session.call(_LayerNormFunction.apply, (x, a["weight"], a["bias"], shape, eps, session), {}, "norm_inputs")
     _, name, compressor = session._layer("layer_norm")
 
     def forward_fn(x, w, b):

@@ -802,3 +802,91 @@ def test_transformer_blocks_with_every_input_compressed(name):
     out.square().sum().backward()
     assert everything.stats.held_bytes < default.stats.held_bytes
     assert torch.isfinite(x.grad).all() and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+# -- LayerNorm: its output instead of its input when another op keeps the output raw ----------
+
+
+def _ln_net(weight=None):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.LayerNorm(16), nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 4)).double()
+    with torch.no_grad():
+        model[0].weight.uniform_(0.5, 1.5)
+        model[0].bias.uniform_(-0.5, 0.5)
+        if weight is not None:
+            model[0].weight.copy_(weight)
+    return model
+
+
+def _ln_input():
+    return torch.randn(8, 12, 16, dtype=DOUBLE, generator=torch.Generator().manual_seed(3)).requires_grad_(True)
+
+
+def test_layer_norm_reads_its_output_when_the_next_layer_keeps_it_raw():
+    model, x = _ln_net(), _ln_input()
+    expected = _all_grads(model, x)
+    h = (x * 1.0).detach().requires_grad_(True)  # not a leaf of the step: its bytes count
+    model.zero_grad()
+    ctx = compress_activations(model, "hosvd", eps=1.0, min_numel=1)
+    with ctx:
+        out = model(h * 1.0)
+    out.square().sum().backward()
+    got = {"<input>": h.grad, **{n: p.grad for n, p in model.named_parameters()}}
+    for name, g in expected.items():
+        assert torch.allclose(got[name], g, rtol=1e-12, atol=1e-13), name
+    norm = ctx.stats.held_breakdown["norm_inputs"]
+    stats_bytes = 2 * 8 * 12 * 8  # mean and rstd, float64
+    assert norm["held_bytes"] == stats_bytes  # the input is not kept: the linear layer's raw input serves
+    assert norm["original_bytes"] == stats_bytes + x.numel() * 8
+
+
+def test_layer_norm_keeps_its_input_when_the_next_layer_decomposes_it_or_a_weight_is_zero():
+    x = _ln_input()
+    for eps, weight in ((0.5, None), (1.0, torch.cat([torch.zeros(1), torch.ones(15)]))):
+        model = _ln_net(weight)
+        expected = _all_grads(model, x)
+        model.zero_grad()
+        ctx = compress_activations(model, "hosvd", eps=eps, min_numel=1)
+        with ctx:
+            out = model(x * 1.0)  # not a leaf: the norm's input counts
+        out.square().sum().backward()
+        got = {n: p.grad for n, p in model.named_parameters()}
+        assert ctx.stats.held_breakdown["norm_inputs"]["held_bytes"] == 2 * 8 * 12 * 8 + x.numel() * 8
+        for name in ("0.weight", "0.bias"):  # the norm's own gradients are exact either way
+            if eps == 1.0:
+                assert torch.allclose(got[name], expected[name], rtol=1e-12, atol=1e-13), name
+
+
+def test_layer_norm_output_changed_in_place_falls_back_to_the_input():
+    model = _ln_net()
+
+    def forward(x):
+        y = model[0](x)
+        y.mul_(2.0)  # the output kept raw by the next layer is not the norm's output any more
+        return model[3](model[2](model[1](y)))
+
+    x = _ln_input()
+    y_ref = forward(x)
+    y_ref.square().sum().backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    ctx = compress_activations(model, "hosvd", eps=1.0, min_numel=1)
+    with ctx:
+        out = forward(x * 1.0)  # not a leaf: the norm's input counts
+    out.square().sum().backward()
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, expected[name], rtol=1e-12, atol=1e-13), name
+    # The norm kept its input (the statistics and x).
+    assert ctx.stats.held_breakdown["norm_inputs"]["held_bytes"] == 2 * 8 * 12 * 8 + x.numel() * 8
+
+
+def test_layer_norm_input_changed_in_place_raises_as_vanilla_does():
+    model = _ln_net()
+    h = _ln_input()
+    ctx = compress_activations(model, "hosvd", eps=0.5, min_numel=1)
+    x = h * 1.0
+    with ctx:
+        out = model(x)
+    x.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
