@@ -5,6 +5,9 @@ times) with its last ``k`` conv/linear layers trainable and converted to the
 method, and returns one row: top-1 with its error bar, what a step holds for
 backward, the layers' own bytes, ranks and step times (the columns are
 described in :data:`MEMORY_COLUMNS` and in the reproduction guide).
+A method name is a registered method, one of :data:`BASELINES`, or a
+registered method with an eps and the suffix ``+all`` (:data:`ALL_SUFFIX`),
+which runs it with :data:`COMPRESS_ALL` (:func:`storage_method`).
 :func:`failed_row` is the row of a run that raised, :func:`relate_to_vanilla`
 fills the columns that compare a row with vanilla's.
 """
@@ -18,14 +21,21 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+#: The options of ``convert`` that make the method store every saved float tensor of the trainable part in its
+#: own form: the conv/linear inputs (always), the normalisation inputs, the GELU/SiLU/Mish inputs and attention's
+#: q, k, v (gradients below those ops become approximate; see ``tensorcomp.adapters.convert``).
+COMPRESS_ALL = {"norm_inputs": "compress", "activation_inputs": "compress", "attention_inputs": "compress"}
+#: A method name with this suffix (``hosvd+all``) runs that method with :data:`COMPRESS_ALL`, at each eps.
+ALL_SUFFIX = "+all"
 #: The baselines that are not a registered storage method, and how each runs.
 #: ``checkpoint``: non-reentrant activation checkpointing of the trainable part (exact gradients).
-#: ``quant8_all``/``quant4_all``: ``convert(model, "quant8"/"quant4", norm_inputs="compress")``, every saved
-#: float tensor of the trainable part quantised (conv/linear and normalisation inputs), masks exact.
+#: ``quant8_all``/``quant4_all``: ``convert(model, "quant8"/"quant4", **COMPRESS_ALL)``: every saved float tensor
+#: of the trainable part quantised (conv/linear, normalisation and activation inputs, attention's q, k, v),
+#: masks exact.
 BASELINES = {
     "checkpoint": None,
-    "quant8_all": ("quant8", {"norm_inputs": "compress"}),
-    "quant4_all": ("quant4", {"norm_inputs": "compress"}),
+    "quant8_all": ("quant8", COMPRESS_ALL),
+    "quant4_all": ("quant4", COMPRESS_ALL),
 }
 GRADFILTERS = ("gradfilter_r2", "gradfilter_r4", "gradfilter_r7")
 #: What each memory column of a row is (stored in every run's metadata).
@@ -48,6 +58,26 @@ MEMORY_COLUMNS = {
 #: The row columns that hold numbers (``None`` in a failed run's row).
 _NUMERIC = ("top1", "top1_err", "held_bytes", "held_mean_bytes", "held_std_bytes", "held_vs_vanilla", "layers_peak_bytes",
             "layers_ratio", "host_bytes", "held_device_bytes", "cuda_step_peak_bytes", "forward_ms", "backward_ms", "step_vs_vanilla")
+
+
+def base_method(method: str) -> str:
+    """The registered method a comparison name runs: ``hosvd`` for ``hosvd+all``, the name itself otherwise."""
+    return method[: -len(ALL_SUFFIX)] if method.endswith(ALL_SUFFIX) else method
+
+
+def is_compress_all(method: str) -> bool:
+    """Whether ``method`` is a decomposition run with :data:`COMPRESS_ALL` (``<name>+all``)."""
+    return method.endswith(ALL_SUFFIX) and len(method) > len(ALL_SUFFIX)
+
+
+def storage_method(method: str) -> tuple[str, dict[str, Any]]:
+    """The registered method and the ``convert`` options a comparison name (not vanilla/checkpoint) runs with."""
+    if method in BASELINES:
+        name, options = BASELINES[method]
+        return name, dict(options)
+    if is_compress_all(method):
+        return base_method(method), dict(COMPRESS_ALL)
+    return method, {}
 
 
 def _rank_tuple(rank: Any) -> tuple[int, ...] | None:
@@ -94,9 +124,9 @@ def _fine_tune(setup: Any, method: str, eps: float | None, k: int, args: argpars
             checkpoint_trainable(model)
         census = StepCensus(model)  # plain autograd: counted by an independent saved-tensor hook
     else:
-        name, options = BASELINES.get(method) or (method, {})
+        name, options = storage_method(method)
         if name == "cp":
-            options = {"max_rank": args.cp_max_rank, "n_iter_max": args.cp_iters}
+            options.update(max_rank=args.cp_max_rank, n_iter_max=args.cp_iters)
         convert(model, name, 0.9 if eps is None else eps, last=k, **options)
 
     def set_train_mode() -> None:

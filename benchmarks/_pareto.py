@@ -2,7 +2,9 @@
 
 Colour by method family (a colormap per family, a shade per member), line
 style by ``eps``, marker by number of fine-tuned layers, the top-1 error bars
-drawn; points at identical values are spread a few percent apart so that none
+drawn; a ``<method>+all`` run (every saved tensor decomposed) is a member of
+its method's family with its own shade, drawn with hollow markers and a
+thicker line; points at identical values are spread a few percent apart so that none
 hides another.
 """
 
@@ -13,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._finetune import GRADFILTERS
+from ._finetune import GRADFILTERS, base_method, is_compress_all
 from ._report import pyplot, save_figure
 
 #: Colour families of the Pareto plot: a colormap per family of methods, a shade per member.
@@ -33,7 +35,10 @@ def method_colors(methods: Sequence[str]) -> dict[str, Any]:
     plt = pyplot()
     colors: dict[str, Any] = {}
     for _, cmap, members in FAMILIES:
-        present = [m for m in members if m in methods]
+        # A method's +all variant follows it in its family: a shade of its own, never the method's.
+        present = [m for m in methods if m in members or (is_compress_all(m) and base_method(m) in members)]
+        present.sort(key=lambda m: (members.index(base_method(m)) if base_method(m) in members else members.index(m),
+                                    is_compress_all(m)))
         for i, m in enumerate(present):
             colors[m] = plt.get_cmap(cmap)(0.95 - 0.5 * i / max(1, len(present) - 1) if len(present) > 1 else 0.8)
     colors["vanilla"] = "black"
@@ -96,10 +101,15 @@ def pareto_plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
         ys = [r["top1"] for r in points]
         label = method if eps == "" else f"{method} ε={eps:g}"
         z, width = (3, 2.0) if method == "vanilla" else (2, 1.3)
+        hollow = is_compress_all(method)
+        if hollow:
+            label += " (all saved tensors)"
+            width = 2.0
         ax.plot(xs, ys, styles.get(eps, "-"), color=colors[method], alpha=0.85, label=label, zorder=z, linewidth=width)
         for x, y, r in zip(xs, ys, points):
             ax.errorbar(x, y, yerr=r.get("top1_err") or 0.0, fmt=markers[r["layers"]], color=colors[method],
-                        markersize=6, capsize=2, elinewidth=0.8, zorder=z)
+                        markersize=7 if hollow else 6, capsize=2, elinewidth=0.8, zorder=z,
+                        markerfacecolor="white" if hollow else colors[method], markeredgewidth=1.5 if hollow else 1.0)
     ax.set_xscale("log")
     ax.set_xlabel(f"held bytes: what a training step keeps for backward, peak over steps ({unit}, log scale)")
     ax.set_ylabel("top-1 accuracy (%), ± error bar")

@@ -22,7 +22,13 @@ store of their inputs, the paper's accounting) are a second, labelled
 column. Baselines users pick instead run on the same loop: ``checkpoint``
 (``torch.utils.checkpoint``, non-reentrant, around the trainable part),
 ``quant8_all``/``quant4_all`` (every saved float tensor of the trainable
-part quantised, masks exact) and ``save_on_cpu``. Top-1 comes with an error
+part quantised: conv/linear, normalisation and activation inputs and
+attention's q, k, v; masks exact) and ``save_on_cpu``. A decomposition
+method with the suffix ``+all`` (``hosvd+all``, ``svd+all``) runs that
+method at each eps on every saved float tensor of the trainable part the
+same way (``convert(..., norm_inputs="compress",
+activation_inputs="compress", attention_inputs="compress")``; the gradients
+below those ops become approximate); it is never in the default list. Top-1 comes with an error
 bar: the binomial standard deviation on the test set, or with ``--seeds N``
 the standard deviation over N fine-tuning seeds; differences below it are
 reported as ties.
@@ -73,7 +79,8 @@ from pathlib import Path
 from typing import Any
 
 from ._cli import Parser, UsageError, check_eps, check_positive, run_main, split_names
-from ._finetune import BASELINES, MEMORY_COLUMNS, failed_row, relate_to_vanilla, run_one, step_ms, tied
+from ._finetune import ALL_SUFFIX, BASELINES, MEMORY_COLUMNS, base_method, failed_row, is_compress_all, relate_to_vanilla
+from ._finetune import run_one, step_ms, tied
 from ._paper import format_paper_table, write_paper_comparison
 from ._pareto import pareto_plot
 from ._report import machine_description, text_table, write_table
@@ -98,10 +105,18 @@ def all_methods() -> tuple[str, ...]:
 
 
 def uses_eps(method: str) -> bool:
-    """Whether ``method`` has an energy threshold (else it runs once per depth, whatever ``--eps`` holds)."""
+    """Whether ``method`` has an energy threshold (else it runs once per depth, whatever ``--eps`` holds).
+
+    ``<name>+all`` has its method's threshold.
+    """
     import tensorcomp
 
-    return method not in BASELINES and tensorcomp.method_info(method).uses_eps
+    return method not in BASELINES and tensorcomp.method_info(base_method(method)).uses_eps
+
+
+def compress_all_bases() -> tuple[str, ...]:
+    """The methods that take the ``+all`` suffix: every registered method whose catalogue record uses eps."""
+    return tuple(m for m in all_methods() if m not in BASELINES and uses_eps(m))
 
 
 def default_methods() -> tuple[str, ...]:
@@ -148,7 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     methods = all_methods()
     add("--methods", nargs="+", default=list(default_methods()), metavar="NAME",
         help=f"methods to compare (space or comma separated; 'all' = {' '.join(methods)}); "
-        "any method registered with tensorcomp.register works by name (default: every method but cp)")
+        "any method registered with tensorcomp.register works by name (default: every method but cp). "
+        f"NAME{ALL_SUFFIX} (e.g. hosvd{ALL_SUFFIX}, svd{ALL_SUFFIX}; any method with an eps: "
+        f"{', '.join(compress_all_bases())}) runs NAME at each eps on every saved float tensor of the trainable "
+        "part: besides the conv/linear inputs, the normalisation and GELU/SiLU inputs and attention's q, k, v are "
+        "stored decomposed (convert(..., norm_inputs='compress', activation_inputs='compress', "
+        "attention_inputs='compress'); the gradients below those ops become approximate); never in 'all' "
+        "or the default")
     add("--eps", nargs="+", type=float, default=list(DEFAULT_EPS),
         help="energy fractions to keep, in (0, 1], as each method defines it (HOSVD: of each mode's energy); "
         f"methods without a threshold ({', '.join(sorted(m for m in methods if not uses_eps(m)))}) run once per "
@@ -193,9 +214,17 @@ def resolve_methods(values: Sequence[str]) -> list[str]:
             if expanded not in out:
                 out.append(expanded)
     available = all_methods()
-    unknown = [name for name in out if name not in available]
+    unknown = [name for name in out if name not in available and not is_compress_all(name)]
     if unknown:
         raise UsageError(f"unknown method {', '.join(map(repr, unknown))}; available: {', '.join(available)}")
+    bases = compress_all_bases()
+    for name in out:
+        if not is_compress_all(name) or base_method(name) in bases:
+            continue
+        base = base_method(name)
+        why = (f"unknown method {base!r}" if base not in available
+               else f"{base!r} has no eps (the suffix is for the decomposition methods)")
+        raise UsageError(f"bad method {name!r}: {why}; {ALL_SUFFIX!r} takes one of: {', '.join(bases)}")
     return out
 
 
@@ -297,10 +326,15 @@ def run_metadata(args: argparse.Namespace, methods: Sequence[str], layers: Seque
         "top1_err": "standard deviation over seeds" if args.seeds > 1 else "binomial standard deviation on the test set",
         "baselines": {
             "checkpoint": "torch.utils.checkpoint (non-reentrant) around the trainable part (benchmarks._models.checkpoint_trainable)",
-            "quant8_all/quant4_all": "convert(model, 'quant8'/'quant4', norm_inputs='compress'): every saved float tensor "
-            "of the trainable part quantised, masks exact",
+            "quant8_all/quant4_all": "convert(model, 'quant8'/'quant4', norm_inputs='compress', "
+            "activation_inputs='compress', attention_inputs='compress'): every saved float tensor of the trainable "
+            "part quantised (conv/linear, normalisation and GELU/SiLU inputs, attention's q, k, v), masks exact",
             "save_on_cpu": "layer inputs moved to host memory (host_bytes); held_bytes counts them, on any device",
         },
+        "compress_all": f"<method>{ALL_SUFFIX}: convert(model, method, eps, norm_inputs='compress', "
+        "activation_inputs='compress', attention_inputs='compress'): the method's decomposition of every saved float "
+        "tensor of the trainable part (conv/linear, normalisation and GELU/SiLU inputs, attention's q, k, v) is kept "
+        "instead of the tensor; the gradients below those ops are approximate",
         "cp_max_rank": args.cp_max_rank,
         "cp_iters": args.cp_iters,
         "methods": list(methods),

@@ -336,6 +336,49 @@ def test_the_methods_come_from_the_catalogue():
                         "quant2", *compare.BASELINES}
 
 
+def test_the_all_suffix_takes_any_method_with_an_eps():
+    assert compare.resolve_methods(["hosvd+all", "svd+all,hosvd"]) == ["hosvd+all", "svd+all", "hosvd"]
+    assert set(compare.compress_all_bases()) == {m for m in tensorcomp.available_methods()
+                                                 if tensorcomp.method_info(m).uses_eps}
+    assert compare.uses_eps("hosvd+all") and not compare.uses_eps("quant8_all")
+    assert compare.plan_runs(["vanilla", "hosvd+all"], [0.8, 0.9], [2]) == [
+        ("vanilla", None, 2), ("hosvd+all", 0.8, 2), ("hosvd+all", 0.9, 2)]
+    # Neither the default nor 'all' adds it.
+    assert not any(m.endswith("+all") for m in (*compare.default_methods(), *compare.resolve_methods(["all"])))
+    assert _finetune.storage_method("hosvd+all") == ("hosvd", _finetune.COMPRESS_ALL)
+    assert _finetune.storage_method("quant4_all") == ("quant4", _finetune.COMPRESS_ALL)
+    assert _finetune.storage_method("hosvd") == ("hosvd", {})
+    with pytest.raises(compare.UsageError, match=r"'vanilla\+all': 'vanilla' has no eps.*takes one of: .*hosvd"):
+        compare.resolve_methods(["vanilla+all"])
+    with pytest.raises(compare.UsageError, match=r"'nonexistent\+all': unknown method 'nonexistent'"):
+        compare.resolve_methods(["hosvd", "nonexistent+all"])
+    with pytest.raises(compare.UsageError, match="has no eps"):
+        compare.resolve_methods(["quant8_all+all"])
+
+
+def test_bad_all_suffix_is_one_line_and_help_documents_it(tmp_path, capsys):
+    assert compare.main(["--methods", "vanilla+all", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'vanilla+all'" in err[0] and "no eps" in err[0]
+    assert compare.main(["--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "NAME+all" in text and "hosvd+all" in text and "attention_inputs='compress'" in text
+
+
+def test_an_all_variant_is_neither_hosvd_in_the_paper_table_nor_in_the_plot():
+    rows = [_row("vanilla", "", 2, 70.0, 1000), _row("svd", 0.8, 2, 69.0, 500), _row("hosvd", 0.8, 2, 69.5, 40),
+            _row("hosvd+all", 0.8, 2, 60.0, 10)]
+    (entry,) = _paper.paper_comparison(rows, "vit_tiny")
+    assert entry["hosvd_top1"] == 69.5 and entry["hosvd_vs_vanilla"] == 25.0
+    assert entry["dominated_by"] is None  # less accurate beyond the error bars
+    assert _paper.paper_comparison([r for r in rows if r["method"] != "hosvd"], "vit_tiny") == []
+    colors = _pareto.method_colors(["vanilla", "hosvd", "hosvd+all", "svd", "svd+all", "mine+all"])
+    assert len({tuple(np.atleast_1d(colors[m])) for m in ("hosvd", "hosvd+all", "svd", "svd+all")}) == 4
+    blues, reds = (_pareto.pyplot().get_cmap(c) for c in ("Blues", "Reds"))
+    assert colors["hosvd"] == blues(0.95) and colors["hosvd+all"] == blues(0.45)
+    assert colors["svd"] == reds(0.95) and colors["svd+all"] == reds(0.45)
+
+
 def test_a_registered_method_without_eps_runs_once_per_depth(tmp_path):
     tensorcomp.register("test_compare_fixed", lambda x, eps=0.9, **kw: tensorcomp.svd(x, rank=1), uses_eps=False)
     try:

@@ -122,3 +122,24 @@ def test_tiny_vit_comparison(tmp_path):
     assert 0 < int(by_method["hosvd"]["layers_peak_bytes"]) < int(by_method["hosvd"]["held_bytes"])
     assert int(by_method["checkpoint"]["held_bytes"]) < vanilla
     assert by_method["vanilla"]["trainable_layers"] == "encoder.layers.encoder_layer_5.mlp.3 heads.head"
+
+
+def test_tiny_vit_hosvd_all_holds_less_than_hosvd():
+    """``hosvd+all`` also decomposes the LayerNorm and GELU inputs and the trainable blocks' q, k, v."""
+    import argparse
+
+    from benchmarks._finetune import run_one
+    from benchmarks._setup import pretrained_setup
+
+    argv = ["--model", "vit_tiny", "--dataset", "digits", "--limit-train", "96", "--limit-test", "32", "--epochs", "1",
+            "--pretrain-epochs", "1", "--batch-size", "32", "--eps", "0.8", "--layers", "4", "--no-progress",
+            "--no-cache", "--methods", "hosvd", "hosvd+all"]
+    args = compare.parse_args(argv)
+    assert isinstance(args, argparse.Namespace)
+    assert compare.resolve_methods(args.methods) == ["hosvd", "hosvd+all"]
+    setup = pretrained_setup(args, limit_test=args.limit_test, use_cache=False, progress=False)
+    plain, everything = (run_one(setup, m, 0.8, 4, args, progress=False) for m in ("hosvd", "hosvd+all"))
+    assert everything["method"] == "hosvd+all" and everything["eps"] == 0.8 and everything["layers"] == 4
+    assert everything["warnings"] == "" and 0.0 <= everything["top1"] <= 100.0
+    assert 0 < everything["held_bytes"] < plain["held_bytes"]
+    assert everything["trainable_layers"] == plain["trainable_layers"]
