@@ -48,10 +48,11 @@ class _SessionHooks:
 
     def before(self, module: nn.Module, args: Any) -> None:
         if self.session is None and module.training and torch.is_grad_enabled():
-            self.session = Session(
+            session = Session(
                 self.compressor, self.memory, model=module, selects=_is_compressed_layer, root_hooks_outside=True, **self.options
             )
-            self.session.start()
+            session.start()  # a start that raises has stopped itself: nothing for after() to stop
+            self.session = session
 
     def after(self, module: nn.Module, args: Any, output: Any) -> None:
         session, self.session = self.session, None

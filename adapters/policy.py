@@ -875,9 +875,15 @@ class Session:
         self._mode = _Mode(self)
         self._mode.__enter__()
         if self._saved_hooks is not None:
-            self._saved_hooks.__enter__()
+            try:
+                self._saved_hooks.__enter__()
+            except BaseException:
+                # torch.func refuses saved-tensor hooks: leave no mode behind for the rest of the process.
+                self._saved_hooks = None
+                self.stop(record=False)
+                raise
 
-    def stop(self) -> None:
+    def stop(self, *, record: bool = True) -> None:
         try:
             # Norm outputs nobody consumed inside the forward: keep their inputs' stored forms now.
             with _no_torch_function():
@@ -885,9 +891,10 @@ class Session:
                 self._resolve_layer_norms()
             if self._saved_hooks is not None:
                 self._saved_hooks.__exit__(None, None, None)
+        finally:
+            # The mode leaves whatever happened above: a mode left on the stack would see every later call.
             if self._mode is not None:
                 self._mode.__exit__(None, None, None)
-        finally:
             self._mode = None
             stack = getattr(_local, "stack", [])
             if self in stack:
@@ -907,7 +914,10 @@ class Session:
                 cuda_peak = peak_all - self._cuda_start
             assert self.ledger is not None
             self.memory.warm_state_bytes = int(getattr(self.compressor, "warm_state_nbytes", 0) or 0)
-            self.memory.end_step(peak_all, held=self.ledger.summary(cuda_peak))
+            if record:
+                self.memory.end_step(peak_all, held=self.ledger.summary(cuda_peak))
+            elif self.memory.steps and not self.memory.steps[-1]:
+                self.memory.steps.pop()  # the step that never ran
             self.ledger = None
 
     def innermost_hooks_are_ours(self) -> bool:

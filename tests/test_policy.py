@@ -733,6 +733,12 @@ def test_torch_func_grad_raises_pytorchs_own_clear_error():
     params = {k: v.detach() for k, v in model.named_parameters()}
     with pytest.raises(RuntimeError, match=r"saved tensor hooks"):
         grad(lambda p: functional_call(model, p, (torch.randn(2, 3, 8, 8),)).sum())(params)
+    # Nothing of the refused session is left behind: no mode sees later calls, and the next step is a plain one.
+    assert not torch._C._is_torch_function_mode_enabled()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(torch.randn(2, 3, 8, 8)).sum().backward()
+    assert len(memory_stats(model).held_steps) == 1 and memory_stats(model).held_bytes > 0
 
 
 @pytest.mark.parametrize("act", [nn.GELU(), nn.GELU(approximate="tanh"), nn.SiLU(), nn.Mish()], ids=["gelu", "gelu_tanh", "silu", "mish"])
