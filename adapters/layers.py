@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ._compress import Compressor
-from .hooks import DEFAULT_MIN_NUMEL, check_input_policies
+from .hooks import DEFAULT_MIN_NUMEL, check_input_policies, is_transformers_conv1d
 from .memory import ActivationMemory
 from .policy import Session, active_session, other_saved_tensor_hooks_active
 
@@ -259,15 +259,63 @@ class CompressedLinear(_CompressedLayer, nn.Linear):
         return self._forward_compressed(x)
 
 
+# -- transformers' Conv1D --------------------------------------------------------
+_CONV1D_DOC = """``transformers``' Conv1D (GPT-2's linear layer: ``addmm`` with a transposed weight) that stores a
+decomposition of its input for backward, as :class:`CompressedLinear` does (tokens x features for ``"svd"``).
+
+Made by :func:`convert` from a model's Conv1D layers (the class is built
+when first needed, so the adapters never import ``transformers`` themselves);
+``tensorcomp.adapters.layers.CompressedConv1D`` names it for pickling.
+"""
+_CONV1D_CLASSES: dict[type, type] = {}
+
+
+def _compressed_conv1d_class(base: type) -> type:
+    """The compressed twin class of ``transformers``' Conv1D class ``base`` (one per class)."""
+    cls = _CONV1D_CLASSES.get(base)
+    if cls is None:
+
+        def forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+            return self._forward_compressed(x)
+
+        def extra_repr(self: Any) -> str:
+            return f"nf={self.nf}, nx={self.nx}, method={self.compressor.method!r}, eps={self.compressor.eps}"
+
+        namespace = {"forward": forward, "extra_repr": extra_repr, "__repr__": nn.Module.__repr__, "__doc__": _CONV1D_DOC,
+                     "__module__": __name__, "__qualname__": "CompressedConv1D"}
+        cls = type("CompressedConv1D", (_CompressedLayer, base), namespace)
+        _CONV1D_CLASSES[base] = cls
+    return cls
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: unpickling a converted GPT-2 looks the class up by name.
+    if name == "CompressedConv1D":
+        from transformers.pytorch_utils import Conv1D
+
+        return _compressed_conv1d_class(Conv1D)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # -- model conversion ----------------------------------------------------------
 _COMPRESSED = {nn.Conv2d: CompressedConv2d, nn.Linear: CompressedLinear}
 
 
+def _compressed_type(module: nn.Module) -> type | None:
+    """The compressed class that can stand in for ``module``, or ``None``.
+
+    Exact types only: subclasses may override forward (or, like the output
+    projection of nn.MultiheadAttention, never call it), so swapping them
+    could silently change the model or do nothing.
+    """
+    cls = _COMPRESSED.get(type(module))
+    if cls is None and is_transformers_conv1d(module):
+        cls = _compressed_conv1d_class(type(module))
+    return cls
+
+
 def _candidates(model: nn.Module) -> dict[str, nn.Module]:
-    # Exact types only: subclasses may override forward (or, like the output
-    # projection of nn.MultiheadAttention, never call it), so swapping them
-    # could silently change the model or do nothing.
-    return {name: m for name, m in model.named_modules() if name and type(m) in _COMPRESSED}
+    return {name: m for name, m in model.named_modules() if name and _compressed_type(m) is not None}
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -290,10 +338,11 @@ def convert(
     attention_inputs: str = "exact",
     **method_kwargs: Any,
 ) -> nn.Module:
-    """Swap a model's ``nn.Conv2d``/``nn.Linear`` layers for compressed ones, in place.
+    """Swap a model's ``nn.Conv2d``/``nn.Linear`` (and ``transformers`` Conv1D) layers for compressed ones, in place.
 
-    Each selected layer becomes a :class:`CompressedConv2d` or
-    :class:`CompressedLinear` holding the same Parameter objects (optimizers
+    Each selected layer becomes a :class:`CompressedConv2d`,
+    :class:`CompressedLinear` or ``CompressedConv1D`` (GPT-2's layers)
+    holding the same Parameter objects (optimizers
     built before the call keep working), buffers, hooks and ``state_dict``
     keys. All swapped layers share one compressor (warm starts are kept per
     layer name and input shape) and one :class:`ActivationMemory`, read with
@@ -301,8 +350,9 @@ def convert(
     gradients enabled is one step of that record, run under the policy of
     :mod:`tensorcomp.adapters.policy` (what every op keeps for backward).
 
-    Only layers of exactly type ``nn.Conv2d`` or ``nn.Linear`` are
-    candidates (subclasses may have their own forward). Layer order is the
+    Only layers of exactly type ``nn.Conv2d``, ``nn.Linear`` or
+    ``transformers``' Conv1D are candidates (subclasses may have their own
+    forward). Layer order is the
     modules' registration order (``model.named_modules()``), which is the
     forward order of sequential models such as torchvision's CNNs; pass
     ``layers=`` to choose by name when it is not.
@@ -371,13 +421,13 @@ def convert(
         "min_numel": int(min_numel), "masks": masks,
         **check_input_policies(norm_inputs=norm_inputs, activation_inputs=activation_inputs, attention_inputs=attention_inputs),
     }
-    if isinstance(model, _CompressedLayer) or type(model) in _COMPRESSED:
+    if isinstance(model, _CompressedLayer) or _compressed_type(model) is not None:
         raise ValueError(
             f"model must contain the layers to convert, not be one; wrap it, e.g. nn.Sequential(model); got {type(model).__name__}"
         )
     candidates = _candidates(model)
     if not candidates:
-        raise ValueError(f"model has no nn.Conv2d or nn.Linear layer left to convert; got a {type(model).__name__}")
+        raise ValueError(f"model has no nn.Conv2d, nn.Linear or transformers Conv1D layer left to convert; got a {type(model).__name__}")
     if last is not None and layers is not None:
         raise ValueError(f"pass at most one of last and layers; got last={last!r} and layers={layers!r}")
     if last is not None:
@@ -390,7 +440,7 @@ def convert(
         selected = list(dict.fromkeys(layers))
         unknown = [name for name in selected if name not in candidates]
         if unknown:
-            raise ValueError(f"layers holds names that are not nn.Conv2d/nn.Linear layers of model: {unknown}; candidates: {list(candidates)}")
+            raise ValueError(f"layers holds names that are not nn.Conv2d/nn.Linear/Conv1D layers of model: {unknown}; candidates: {list(candidates)}")
         if not selected:
             raise ValueError("layers must name at least one layer; got an empty list")
     else:
@@ -405,7 +455,7 @@ def convert(
         hooks.options = options
     for name in selected:
         layer = candidates[name]
-        _set_submodule(model, name, _COMPRESSED[type(layer)]._from_layer(layer, compressor, hooks.memory, name))
+        _set_submodule(model, name, _compressed_type(layer)._from_layer(layer, compressor, hooks.memory, name))
     return model
 
 

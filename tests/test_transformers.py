@@ -403,3 +403,41 @@ def test_compressing_every_input_holds_least_and_trains():
 def test_an_unknown_input_policy_is_refused_naming_it(option):
     with pytest.raises(ValueError, match=rf"{option} must be one of \('exact', 'compress'\); got {option}='approx'"):
         compress_activations(None, "hosvd", **{option: "approx"})
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_convert_swaps_conv1d_and_holds_what_the_hooks_hold(lora):
+    from tensorcomp.adapters import convert, memory_stats
+
+    model, tokens = _gpt2(lora), _tokens()
+    ref, ref_in = _grads(model, tokens)
+    hooks = compress_activations(model, "hosvd", eps=0.5)
+    _grads(model, tokens, hooks)
+    convert(model, "hosvd", eps=1.0)
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert "CompressedConv1D" in kinds and "Conv1D" not in kinds
+    got, got_in = _grads(model, tokens)  # eps 1: plain autograd's gradients
+    for name in ref:
+        assert _rel(got[name], ref[name]) < 1e-10, name
+    assert _rel(got_in, ref_in) < 1e-10
+    model = _gpt2(lora)
+    convert(model, "hosvd", eps=0.5)
+    got, got_in = _grads(model, tokens)
+    stats = memory_stats(model)
+    assert stats.held_bytes == hooks.stats.held_bytes  # both styles, one policy
+    assert _rel(got_in, ref_in) < 1e-10  # input gradients exact
+    names = set(stats.per_layer)
+    assert any(n.endswith("c_attn") or "c_attn.lora_A" in n for n in names)
+
+
+def test_a_converted_gpt2_pickles_and_trains_after_loading(tmp_path):
+    from tensorcomp.adapters import convert, memory_stats
+
+    model, tokens = _gpt2(dtype=torch.float32), _tokens()
+    convert(model, "hosvd", eps=0.8)
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert type(loaded.transformer.h[0].attn.c_attn) is type(model.transformer.h[0].attn.c_attn)
+    _grads(loaded, tokens)
+    assert memory_stats(loaded).num_steps == 1
+    assert "CompressedConv1D(nf=" in repr(loaded.transformer.h[0].attn.c_attn)
