@@ -369,7 +369,7 @@ def test_convert_rejects_bad_arguments_before_swapping(kwargs, match):
 
 
 def test_convert_rejects_models_without_layers_and_single_layers():
-    with pytest.raises(ValueError, match="no nn.Conv2d or nn.Linear"):
+    with pytest.raises(ValueError, match="no nn.Conv2d, nn.Linear or transformers Conv1D layer"):
         convert(nn.Sequential(nn.ReLU()))
     with pytest.raises(ValueError, match="wrap it"):
         convert(nn.Linear(3, 3))
