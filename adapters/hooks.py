@@ -20,7 +20,7 @@ DEFAULT_MIN_NUMEL = 1024
 """Layer inputs with fewer elements are kept as is: decomposing them saves
 little memory and costs a kernel launch or more each."""
 
-_DEFAULT_MODULES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Conv1d, nn.Conv3d, nn.Linear)
+_DEFAULT_MODULES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Conv1d, nn.Conv3d, nn.Linear, nn.MultiheadAttention)
 
 
 def is_transformers_conv1d(module: nn.Module) -> bool:
@@ -118,8 +118,9 @@ class compress_activations(torch.autograd.graph.saved_tensors_hooks):
         decomposed: module classes, or a predicate ``(name, module) -> bool``
         over ``model.named_modules()``. A composite module (a
         ``TransformerEncoderLayer``) selects the conv and linear calls inside
-        it. By default every ``nn.Conv1d/2d/3d`` and ``nn.Linear``. Requires
-        ``model``.
+        it. By default every ``nn.Conv1d/2d/3d`` and ``nn.Linear``, the
+        input and output projections of ``nn.MultiheadAttention`` and
+        ``transformers``' Conv1D. Requires ``model``.
     min_numel : int, default 1024
         Layer inputs with fewer elements are kept as is.
     stats : ActivationMemory, optional

@@ -38,6 +38,9 @@ tanh-GELU of GPT-2, quick GELU)
 gelu, silu, mish                  their input, as vanilla                      exact
 scaled_dot_product_attention      query, key, value (and mask); recomputed,    exact
                                   dropout replayed from the generator state
+multi_head_attention_forward      its parts through the rules above: the two   as those rules
+(``nn.MultiheadAttention``,       projections as linear layers, the attention
+self-attention, no masks)         as scaled_dot_product_attention
 anything else                     what vanilla autograd keeps, counted         exact
 ================================  ===========================================  ==============
 
@@ -1305,6 +1308,57 @@ def _sdpa(session: Session, func, args, kwargs):
                      compress=compress, rng=rng)
 
 
+_MHA_NAMES = (
+    "query", "key", "value", "embed_dim_to_check", "num_heads", "in_proj_weight", "in_proj_bias", "bias_k", "bias_v",
+    "add_zero_attn", "dropout_p", "out_proj_weight", "out_proj_bias", "training", "key_padding_mask", "need_weights",
+    "attn_mask", "use_separate_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight", "static_k", "static_v",
+    "average_attn_weights", "is_causal",
+)
+_MHA_DEFAULTS = {
+    "training": True, "key_padding_mask": None, "need_weights": True, "attn_mask": None, "use_separate_proj_weight": False,
+    "q_proj_weight": None, "k_proj_weight": None, "v_proj_weight": None, "static_k": None, "static_v": None,
+    "average_attn_weights": True, "is_causal": False,
+}
+
+
+def _multi_head_attention(session: Session, func, args, kwargs):
+    """``nn.MultiheadAttention``'s self-attention (torchvision's ViT, ``nn.TransformerEncoderLayer``) as its parts.
+
+    The composite runs as a whole inside the mode, which would hide its
+    projections and attention from the policy: for self-attention without
+    masks or attention weights it is run here op for op as
+    ``F.multi_head_attention_forward`` runs it, its two projections through
+    the linear rule and its ``scaled_dot_product_attention`` through the
+    attention rule (exact by default). Any other configuration runs as
+    vanilla autograd, counted.
+    """
+    a = _bind(args, kwargs, _MHA_NAMES, _MHA_DEFAULTS)
+    x, w_in, b_in, w_out, b_out = a["query"], a["in_proj_weight"], a["in_proj_bias"], a["out_proj_weight"], a["out_proj_bias"]
+    plain = (
+        isinstance(x, torch.Tensor) and x.dim() == 3 and x.is_floating_point()
+        and a["key"] is x and a["value"] is x
+        and isinstance(w_in, torch.Tensor) and isinstance(w_out, torch.Tensor)
+        and a["bias_k"] is None and a["bias_v"] is None and not a["add_zero_attn"]
+        and a["key_padding_mask"] is None and a["attn_mask"] is None and not a["need_weights"]
+        and not a["use_separate_proj_weight"] and a["static_k"] is None and a["static_v"] is None and not a["is_causal"]
+        and isinstance(a["num_heads"], int) and x.shape[-1] == a["embed_dim_to_check"] and x.shape[-1] % a["num_heads"] == 0
+        and not set(kwargs) - set(_MHA_NAMES)
+    )
+    if not plain or not _needs_grad(x, w_in, b_in, w_out, b_out):
+        return session.call(func, args, kwargs, "other")
+    tgt_len, bsz, embed_dim = x.shape
+    heads = a["num_heads"]
+    head_dim = embed_dim // heads
+    proj = _linear(session, F.linear, (x, w_in, b_in), {})
+    proj = proj.unflatten(-1, (3, embed_dim)).unsqueeze(0).transpose(0, -2).squeeze(-2).contiguous()
+    q, k, v = (t.view(tgt_len, bsz * heads, head_dim).transpose(0, 1).view(bsz, heads, tgt_len, head_dim) for t in proj)
+    dropout_p = float(a["dropout_p"]) if a["training"] else 0.0
+    out = _sdpa(session, F.scaled_dot_product_attention, (q, k, v, None, dropout_p, False), {})
+    out = out.permute(2, 0, 1, 3).reshape(bsz * tgt_len, embed_dim)
+    out = _linear(session, F.linear, (out, w_out, b_out), {})
+    return out.view(tgt_len, bsz, out.size(1)), None
+
+
 def _activation(session: Session, func, args, kwargs):
     """GELU, SiLU, Mish: vanilla keeps their input, and so does the exact policy; ``activation_inputs="compress"``
     keeps the method's decomposition of it and recomputes the activation from the rebuilt input in backward."""
@@ -1526,6 +1580,7 @@ _HANDLERS: dict[Callable[..., Any], Callable[..., Any]] = {
     F.linear: _linear,
     torch.addmm: _addmm,
     F.scaled_dot_product_attention: _sdpa,
+    F.multi_head_attention_forward: _multi_head_attention,
     F.relu: _RELU,
     torch.relu: _RELU,
     torch.relu_: _RELU,

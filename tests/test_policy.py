@@ -345,8 +345,9 @@ def test_a_composite_module_compresses_the_linear_inputs_inside_it_only():
     expected = run(None)
     ctx = compress_activations(layer, "hosvd", eps=0.5, min_numel=1, modules=(nn.TransformerEncoderLayer,))
     got = run(ctx)
-    assert set(ctx.stats.per_layer) == {"linear1", "linear2"}
-    approximate = {"linear1.weight", "linear2.weight"}
+    # Inside it: the feed-forward layers and the attention's two projections (their calls, run through the policy).
+    assert set(ctx.stats.per_layer) == {"linear1", "linear2", "self_attn"}
+    approximate = {"linear1.weight", "linear2.weight", "self_attn.in_proj_weight", "self_attn.out_proj.weight"}
     for name in expected:
         if name not in approximate:
             torch.testing.assert_close(got[name], expected[name], rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
@@ -896,3 +897,43 @@ def test_layer_norm_input_changed_in_place_raises_as_vanilla_does():
     x.add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.sum().backward()
+
+
+# -- nn.MultiheadAttention: its projections and attention go through the policy ----------------
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["self-attention", "key-padding-mask"])
+def test_multihead_attention_runs_through_the_policy_with_dropout_replayed(masked):
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.2, batch_first=True).double().train()
+    x = torch.randn(3, 7, 16, dtype=DOUBLE, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    padding = torch.zeros(3, 7, dtype=torch.bool)
+    padding[0, -2:] = True
+
+    def grads(ctx=None):
+        layer.zero_grad()
+        x.grad = None
+        torch.manual_seed(5)  # the same dropout masks in every run
+        kwargs = {"src_key_padding_mask": padding} if masked else {}
+        if ctx is None:
+            out = layer(x, **kwargs)
+        else:
+            with ctx:
+                out = layer(x, **kwargs)
+        torch.manual_seed(6)
+        out.square().sum().backward()
+        return out.detach(), {"<input>": x.grad.clone(), **{n: p.grad.clone() for n, p in layer.named_parameters()}}
+
+    ref_out, ref = grads()
+    ctx = compress_activations(layer, "hosvd", eps=1.0, min_numel=1, modules=(nn.MultiheadAttention, nn.Linear))
+    out, got = grads(ctx)
+    assert torch.equal(out, ref_out)
+    for name in ref:
+        assert torch.allclose(got[name], ref[name], rtol=1e-10, atol=1e-12), name
+    attention = ctx.stats.held_breakdown["attention_inputs"]
+    if masked:  # a masked call runs as vanilla autograd: nothing in the attention's own category
+        assert attention["original_bytes"] == 0
+    else:
+        # The attention keeps q, k, v; vanilla's math path also keeps the probabilities and their dropout mask.
+        assert 0 < attention["held_bytes"] < attention["original_bytes"]
+        assert {"self_attn"} <= {n.split(".")[0] for n in ctx.stats.per_layer}  # the projections' inputs
