@@ -99,23 +99,23 @@ def with_lora(model: Any, r: int) -> Any:
     return peft.get_peft_model(model, config)
 
 
-#: The three options that make every saved float tensor a stored form of the method's (see compress_activations).
-ALL_INPUTS = {"norm_inputs": "compress", "activation_inputs": "compress", "attention_inputs": "compress"}
-
-
 def compression(model: Any, way: str, eps: float | None) -> Any:
-    """The ``compress_activations`` context of a way, or ``None`` for the plain ones (vanilla, checkpoint, lora)."""
+    """The ``compress_activations`` context of a way, or ``None`` for the plain ones (vanilla, checkpoint, lora).
+
+    ``exact`` is the policy at ``eps`` 1; ``lora+<name>`` is ``<name>`` on a
+    LoRA model; every other name (``hosvd``, ``hosvd+all``, ``quant8_all``)
+    is read as the comparison reads it (:func:`benchmarks._finetune.storage_method`).
+    """
     from tensorcomp.adapters import compress_activations
+
+    from ._finetune import storage_method
 
     if way in ("vanilla", "checkpoint", "lora"):
         return None
     if way == "exact":
         return compress_activations(model, "hosvd", eps=1.0)
-    if way == "quant8_all":
-        return compress_activations(model, "quant8", **ALL_INPUTS)
-    method = way.removeprefix("lora+")
-    options = ALL_INPUTS if method.endswith("+all") else {}
-    return compress_activations(model, method.removesuffix("+all"), eps=eps, **options)
+    method, options = storage_method(way.removeprefix("lora+"))
+    return compress_activations(model, method, **({} if eps is None else {"eps": eps}), **options)
 
 
 def checkpoint_blocks(model: Any, census: Callable[[], Any]) -> None:

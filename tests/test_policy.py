@@ -747,35 +747,24 @@ def test_activation_inputs_compress_decomposes_the_activation_input(act):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 64), act, nn.Linear(64, 16)).double()
     x = torch.randn(8, 12, 16, dtype=torch.float64, requires_grad=True)
-
-    def grads(ctx=None):
-        model.zero_grad(set_to_none=True)
-        x.grad = None
-        if ctx is None:
-            out = model(x)
-        else:
-            with ctx:
-                out = model(x)
-        out.pow(2).sum().backward()
-        return out.detach(), [p.grad.clone() for p in model.parameters()], x.grad.clone()
-
-    ref_out, ref, ref_x = grads()
+    ref = _all_grads(model, x)
     # eps 1: the same as vanilla; the input is kept (a full decomposition would be no smaller).
-    out, got, got_x = grads(compress_activations(model, "hosvd", eps=1.0, activation_inputs="compress", min_numel=1))
-    assert torch.equal(out, ref_out)
-    assert all(torch.allclose(g, r, rtol=1e-10, atol=1e-12) for g, r in zip(got, ref))
-    assert torch.allclose(got_x, ref_x, rtol=1e-10, atol=1e-12)
-    # eps 0.5: the activation's input is decomposed; the forward and the last layer's gradients stay exact.
+    got = _all_grads(model, x, compress_activations(model, "hosvd", eps=1.0, activation_inputs="compress", min_numel=1))
+    assert all(torch.allclose(got[n], ref[n], rtol=1e-10, atol=1e-12) for n in ref)
+    # eps 0.5: the activation's input is decomposed; the forward and the last layer's bias gradient stay exact.
     exact = compress_activations(model, "hosvd", eps=0.5, min_numel=1)
-    grads(exact)
+    _all_grads(model, x, exact)
     ctx = compress_activations(model, "hosvd", eps=0.5, activation_inputs="compress", min_numel=1)
-    out, got, got_x = grads(ctx)
+    with ctx:
+        out = model(x)
+    with torch.no_grad():
+        assert torch.equal(out, model(x))
+    got = _all_grads(model, x, ctx)
     part = ctx.stats.held_breakdown["activation_inputs"]
     assert part["held_bytes"] < part["original_bytes"] == 8 * 12 * 64 * 8
     assert exact.stats.held_breakdown["activation_inputs"]["held_bytes"] == 8 * 12 * 64 * 8
-    assert torch.equal(out, ref_out)
-    assert torch.allclose(got[3], ref[3], rtol=1e-10)  # the last bias
-    assert not torch.allclose(got_x, ref_x, rtol=1e-3)  # below the activation: approximate
+    assert torch.allclose(got["2.bias"], ref["2.bias"], rtol=1e-10)
+    assert not torch.allclose(got["<input>"], ref["<input>"], rtol=1e-3)  # below the activation: approximate
 
 
 ALL_INPUTS = {"norm_inputs": "compress", "activation_inputs": "compress", "attention_inputs": "compress"}
