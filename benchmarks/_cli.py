@@ -101,6 +101,17 @@ def check_positive(**flags: int | None) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be a positive integer; got {value}")
 
 
+def check_device(device: str) -> None:
+    """``--device`` must be cpu, cuda or cuda:N, and a CUDA device must exist for the latter."""
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise UsageError(f"unknown device {device!r}; choose cpu or cuda")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: no CUDA device is available here; use --device cpu")
+
+
 def load_images(dataset: str, data_root: str | None, *, use_cache: bool = True) -> Any:
     """:func:`benchmarks._data.load_dataset`, with a missing or malformed data folder as a :class:`UsageError`."""
     from ._data import DataError, load_dataset

@@ -20,7 +20,7 @@ from typing import Any
 
 from pathlib import Path
 
-from ._cli import Parser, UsageError, check_positive, load_images, split_names
+from ._cli import Parser, UsageError, check_device, check_positive, load_images, split_names
 
 #: Per-dataset defaults of the options left ``None`` by :func:`add_setup_arguments` (and of ``--epochs``).
 DEFAULTS = {
@@ -109,13 +109,7 @@ def check_setup_arguments(args: argparse.Namespace, names: Sequence[str] = SETUP
         raise UsageError(f"--image-size must be at least 8; got {args.image_size}")
     if args.model == "vit_tiny" and args.image_size is not None and args.image_size % 4:
         raise UsageError(f"--model vit_tiny cuts images into 4x4 patches: --image-size must be a multiple of 4; got {args.image_size}")
-    if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
-        raise UsageError(f"unknown device {args.device!r}; choose cpu or cuda")
-    if args.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
+    check_device(args.device)
 
 
 def parse_setup_arguments(

@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._cli import Parser, UsageError, check_eps, check_positive, run_main
+from ._cli import Parser, UsageError, check_device, check_eps, check_positive, run_main
 from ._text import build_gpt2, checkpoint_blocks, compression, text_batch
 
 PROG = "python -m benchmarks.transformer_memory"
@@ -67,6 +67,7 @@ def build_parser() -> Parser:
     add("--lora-r", type=int, default=8, help="LoRA rank")
     add("--repeats", type=int, default=3, help="timed steps per way (after one warm-up step)")
     add("--seed", type=int, default=0, help="seed of the weights")
+    add("--device", default="cpu", help="torch device: cpu or cuda[:N] (default: cpu)")
     add("--out", type=Path, default=RESULTS, help="results folder (default: benchmarks/results/transformer_memory of this checkout)")
     return parser
 
@@ -76,17 +77,25 @@ def run_way(args: argparse.Namespace, lora: bool, way: str, tokens: Any) -> dict
 
     from ._census import SavedCensus, allocator_in_use
 
-    model = build_gpt2(args.embd, args.n_layer, args.tokens, seed=args.seed, lora_r=args.lora_r if lora else None)
+    device = torch.device(args.device)
+    model = build_gpt2(args.embd, args.n_layer, args.tokens, seed=args.seed, lora_r=args.lora_r if lora else None).to(device)
+    tokens = tokens.to(device)
     base = model.get_base_model() if lora else model
     census: SavedCensus | None = None
     if way == "checkpoint":
         checkpoint_blocks(model, lambda: census)
-    in_use = allocator_in_use(torch.device("cpu"))
+    in_use = allocator_in_use(device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     ms, allocated, held, stats = [], [], [], None
     for step in range(args.repeats + 1):
         model.zero_grad(set_to_none=True)
         embeds = base.transformer.wte(tokens).detach().requires_grad_(True)
         gc.collect()
+        sync()
         before = in_use()
         t0 = time.perf_counter()
         ctx = compression(model, "exact" if way == "exact" else way if way != "plain" else "vanilla", args.eps)
@@ -100,6 +109,7 @@ def run_way(args: argparse.Namespace, lora: bool, way: str, tokens: Any) -> dict
         gc.collect()
         alloc = in_use() - before - loss.untyped_storage().nbytes()
         loss.backward()
+        sync()
         t1 = time.perf_counter()
         if step:
             ms.append(1e3 * (t1 - t0))
@@ -166,6 +176,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     check_eps([args.eps])
     check_positive(embd=args.embd, n_layer=args.n_layer, batch=args.batch, tokens=args.tokens, lora_r=args.lora_r, repeats=args.repeats)
+    check_device(args.device)
     try:
         import peft  # noqa: F401
         import transformers  # noqa: F401
@@ -179,10 +190,11 @@ def _main(argv: Sequence[str] | None) -> int:
     columns = ["model", "way", "eps", "loss", "allocator_MiB", "held_MiB", "held_vs_allocator", "held_vs_vanilla", "held_vs_lora",
                "held_vs_checkpoint", "step_vs_plain", "step_vs_checkpoint", "max_exact_grad_error"]
     print(text_table(columns, [[("-" if r[c] is None else f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c])) for c in columns] for r in rows], left=(0, 1)))
-    meta = machine_description("cpu", argv=argv)
+    meta = machine_description(args.device, argv=argv)
     meta.update(
         data="pydoc_data.topics (Python's standard library), byte tokens, evenly spaced windows",
-        allocator="glibc mallinfo2 bytes in use after the forward minus before, loss excluded",
+        allocator=("torch.cuda.memory_allocated" if args.device.startswith("cuda") else "glibc mallinfo2 bytes in use")
+        + " after the forward minus before, loss excluded",
         held="plain and checkpoint: an independent census of the saved tensors (benchmarks._census.SavedCensus; "
         "checkpoint: plus each block's inputs); others: the adapters' ledger",
         step="forward + backward wall time, median of the timed steps, over the plain run of the same model",

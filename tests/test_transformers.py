@@ -441,3 +441,39 @@ def test_a_converted_gpt2_pickles_and_trains_after_loading(tmp_path):
     _grads(loaded, tokens)
     assert memory_stats(loaded).num_steps == 1
     assert "CompressedConv1D(nf=" in repr(loaded.transformer.h[0].attn.c_attn)
+
+
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@_CUDA
+@pytest.mark.parametrize("backend,dtype", [("MATH", torch.float32), ("EFFICIENT_ATTENTION", torch.float32),
+                                           ("FLASH_ATTENTION", torch.float16)], ids=["math", "efficient", "flash"])
+def test_attention_on_each_cuda_path_keeps_its_inputs_and_gives_vanilla_gradients(backend, dtype):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 64, 32, device="cuda", dtype=dtype, generator=generator).requires_grad_(True) for _ in range(3))
+
+    def run(ctx=None):
+        for t in (q, k, v):
+            t.grad = None
+        torch.manual_seed(3)
+        with sdpa_kernel(getattr(SDPBackend, backend)):
+            if ctx is None:
+                out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=0.1)
+            else:
+                with ctx:
+                    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=0.1)
+            out.float().square().sum().backward()
+        return out.detach(), [t.grad.clone() for t in (q, k, v)]
+
+    ref_out, ref = run()
+    ctx = compress_activations(None, "hosvd", eps=1.0)
+    out, got = run(ctx)
+    assert torch.equal(out, ref_out)
+    tol = 1e-2 if dtype == torch.float16 else 1e-5  # the efficient and flash backwards accumulate in any order
+    for g, r in zip(got, ref):
+        assert torch.allclose(g, r, rtol=tol, atol=tol)
+    part = ctx.stats.held_breakdown["attention_inputs"]
+    assert part["held_bytes"] == 3 * q.numel() * q.element_size() <= part["original_bytes"]
