@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import time
@@ -179,29 +180,51 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
 
 def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     """Validation loss against held memory (log scale), a point per way, the Pareto front joined."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
     from ._report import pyplot, save_figure
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(9, 5.5))
     points = [(r["held_MiB"], r["val_loss"]) for r in rows]
     front = pareto_front(points)
-    families = {"vanilla": "#333333", "exact": "#8172B2", "checkpoint": "#937860", "quant8_all": "#DD8452", "lora": "#64B5CD"}
+    families = {"vanilla": "#333333", "exact": "#8172B2", "checkpoint": "#937860", "quant8_all": "#DD8452"}
+
+    def colour(way: str) -> str:
+        base = way.removeprefix("lora+")
+        if way == "lora":
+            return "#64B5CD"
+        if base.endswith("+all"):
+            return "#C44E52"
+        return families.get(base) or ("#55A868" if base == "svd" else "#4C72B0")
+
     for r, on_front in zip(rows, front):
         way = r["way"]
-        colour = families.get(way) or ("#C44E52" if way.endswith("+all") else "#55A868" if "svd" == way else "#4C72B0")
-        marker = "s" if way.startswith("lora") else "o"
-        ax.scatter(r["held_MiB"], r["val_loss"], color=colour, marker=marker, s=60 if on_front else 30,
-                   edgecolors="black" if on_front else "none", zorder=3)
+        ax.scatter(r["held_MiB"], r["val_loss"], color=colour(way), marker="s" if way.startswith("lora") else "o",
+                   s=70 if on_front else 35, edgecolors="black" if on_front else "none", zorder=3)
         label = way if r["eps"] in (None, "") or way == "exact" else f"{way} {r['eps']:g}"
         ax.annotate(label, (r["held_MiB"], r["val_loss"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
     on = sorted(p for p, f in zip(points, front) if f)
-    ax.plot([p[0] for p in on], [p[1] for p in on], color="black", linewidth=0.8, linestyle="--", zorder=2, label="Pareto front")
+    ax.plot([p[0] for p in on], [p[1] for p in on], color="black", linewidth=0.8, linestyle="--", zorder=2)
     ax.set_xscale("log")
-    ax.set_xlabel("held for backward per step, peak (MiB, log scale)")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.margins(x=0.12, y=0.08)
+    ax.set_xlabel("held for backward per step, peak over steps (MiB, log scale)")
     ax.set_ylabel("validation loss (nats per byte; lower is better)")
+    ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="upper right", fontsize=8)
-    save_figure(fig, path, title)
+    handles = [
+        Line2D([], [], marker="o", linestyle="none", color="#777777", label="every parameter trained"),
+        Line2D([], [], marker="s", linestyle="none", color="#777777", label="LoRA (r 8) adapters trained"),
+        Line2D([], [], marker="o", linestyle="none", color="#C44E52", label="+all: norm, activation, attention inputs too"),
+        Line2D([], [], marker="o", linestyle="none", markerfacecolor="white", markeredgecolor="black", label="on the Pareto front"),
+        Line2D([], [], color="black", linestyle="--", linewidth=0.8, label="Pareto front"),
+    ]
+    ax.legend(handles=handles, loc="upper right", fontsize=8)
+    save_figure(fig, path)
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -263,6 +286,9 @@ def _main(argv: Sequence[str] | None) -> int:
         all_inputs="'+all': norm_inputs, activation_inputs and attention_inputs set to 'compress'",
         pretrained_val_loss=round(before, 4),
     )
+    if hasattr(os, "getloadavg"):
+        # Step times compare only on an otherwise idle machine: record how busy it was.
+        meta["load_average_1min_end"] = round(os.getloadavg()[0], 2)
     args.out.mkdir(parents=True, exist_ok=True)
     write_table(args.out / "results", rows, meta)
     plot(rows, args.out / "pareto.png",
