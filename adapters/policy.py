@@ -36,6 +36,8 @@ elementwise activation modules    their input only; the chain is recomputed    e
 (``transformers.activations``:    from it in backward
 tanh-GELU of GPT-2, quick GELU)
 gelu, silu, mish                  their input, as vanilla                      exact
+mul of an activation's output     the other factor and the activation's        exact
+(Llama's ``SiLU(gate) * up``)     input; the output is recomputed from it
 scaled_dot_product_attention      query, key, value (and mask); recomputed,    exact
                                   dropout replayed from the generator state
 multi_head_attention_forward      its parts through the rules above: the two   as those rules
@@ -682,6 +684,40 @@ class _RecomputeFunction(torch.autograd.Function):
         return (None, None, None, None, None, *(next(grads) if x.requires_grad else None for x in detached))
 
 
+class _GatedProductFunction(torch.autograd.Function):
+    """``act(gate) * other`` (Llama's ``SiLU(gate) * up``) where ``act(gate)`` comes from an activation that keeps
+    ``gate`` anyway: the product keeps ``other`` and a reference to ``gate``, and recomputes ``act(gate)`` in backward.
+
+    Vanilla keeps ``gate`` (the activation's), and ``act(gate)`` and
+    ``other`` (the product's): three tensors of the product's size; this
+    keeps two. Exact, bit for bit: the recomputation runs the same op on the
+    same input.
+    """
+
+    @staticmethod
+    def forward(ctx, activated, other, gate, act, session):  # type: ignore[override]
+        with _no_torch_function():
+            out = activated * other
+        ctx.act = act
+        token = _keep(None)
+        ctx.save_for_backward(other, gate, token)
+        # Vanilla would keep the activation's output too: it counts among the originals while the product's state lives.
+        session.hold_original(token, activated, "activation_inputs")
+        return out
+
+    @staticmethod
+    @_first_order
+    def backward(ctx, grad):  # type: ignore[override]
+        other, gate, _ = ctx.saved_tensors
+        grad_activated = grad_other = None
+        with _no_torch_function():
+            if ctx.needs_input_grad[0]:
+                grad_activated = grad * other
+            if ctx.needs_input_grad[1]:
+                grad_other = grad * ctx.act(gate)
+        return grad_activated, grad_other, None, None, None
+
+
 def _rng_state(device: torch.device) -> torch.Tensor:
     return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
 
@@ -841,6 +877,7 @@ class Session:
         self._op_counts: dict[str, int] = {}
         self._pending: dict[int, tuple] = {}
         self._layer_norms: list[tuple] = []
+        self._activated: dict[int, tuple] = {}
         self._category = "other"
         self._mode: _Mode | None = None
         self._cuda_start: int | None = None
@@ -854,6 +891,7 @@ class Session:
         self._op_counts = {}
         self._frames = []
         self._layer_norms = []
+        self._activated = {}
         if self.model is not None:
             self._excluded = {p for t in (*self.model.parameters(), *self.model.buffers()) if (p := storage_ptr(t))}
             for name, module in self.model.named_modules():
@@ -909,6 +947,7 @@ class Session:
                 module.__dict__.pop("forward", None)
             self._patched.clear()
             self._frames.clear()
+            self._activated = {}
             self._excluded = set()
             cuda_peak = None
             peak_all = None
@@ -949,7 +988,11 @@ class Session:
                 return forward(*args, **kwargs)
             if self._pending:
                 self.consumed(forward, (x,), {})
-            return recompute(self, forward, (x,), "activation", compress=self.activation_inputs == "compress")
+            compress = self.activation_inputs == "compress"
+            out = recompute(self, forward, (x,), "activation", compress=compress)
+            if not compress:
+                self.note_activation(out, x, forward)  # kept raw by the chain: a product may recompute the output
+            return out
 
         return run
 
@@ -1088,6 +1131,18 @@ class Session:
                 kept.x = None
             elif not self._not_counted(kept.x):
                 kept.hold = ledger.hold_raw(kept.x, "norm_inputs")
+
+    # -- activation outputs a product may recompute (see _GatedProductFunction) --
+    def note_activation(self, out: torch.Tensor, gate: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """``out = act(gate)``, with ``gate`` kept by the activation: a product reading ``out`` may recompute it."""
+        self._activated[id(out)] = (weakref.ref(out), out._version, gate, act)
+
+    def activation_of(self, t: torch.Tensor) -> tuple | None:
+        """``(gate, act)`` if ``t`` is an unchanged activation output noted in this step."""
+        entry = self._activated.get(id(t))
+        if entry is None or entry[0]() is not t or t._version != entry[1]:
+            return None
+        return entry[2], entry[3]
 
     def _resolve_all(self) -> None:
         pending, self._pending = self._pending, {}
@@ -1371,10 +1426,35 @@ def _activation(session: Session, func, args, kwargs):
         or kwargs.get("inplace")
         or (len(args) > 1 and isinstance(args[1], bool) and args[1])
     ):
-        return session.call(func, args, kwargs, "activation_inputs")
+        out = session.call(func, args, kwargs, "activation_inputs")
+        if (
+            isinstance(x, torch.Tensor) and x.requires_grad and isinstance(out, torch.Tensor) and out is not x
+            and not kwargs.get("inplace") and not (len(args) > 1 and args[1] is True)
+        ):
+            rest, options = args[1:], dict(kwargs)
+            options.pop("input", None)
+            session.note_activation(out, x, lambda g: func(g, *rest, **options))
+        return out
     rest, options = args[1:], dict(kwargs)
     options.pop("input", None)
     return recompute(session, lambda x_: func(x_, *rest, **options), (x,), "activation", compress=True)
+
+
+def _product(session: Session, func, args, kwargs):
+    """``a * b`` where one factor is an activation's output (:class:`_GatedProductFunction`); else vanilla."""
+    if kwargs or len(args) != 2 or not all(isinstance(t, torch.Tensor) for t in args):
+        return session.call(func, args, kwargs, "other")
+    a, b = args
+    for activated, other in ((a, b), (b, a)):
+        found = session.activation_of(activated)
+        if (
+            found is not None and other is not activated and activated.shape == other.shape
+            and activated.dtype == other.dtype and other.is_floating_point()
+        ):
+            gate, act = found
+            # a * b and b * a are the same numbers (IEEE products commute), whichever factor is the activation.
+            return session.call(_GatedProductFunction.apply, (activated, other, gate, act, session), {}, "activation_inputs")
+    return session.call(func, args, kwargs, "other")
 
 
 def _mask_op(
@@ -1607,6 +1687,10 @@ _HANDLERS: dict[Callable[..., Any], Callable[..., Any]] = {
     F.gelu: _activation,
     F.silu: _activation,
     F.mish: _activation,
+    torch.mul: _product,
+    torch.Tensor.mul: _product,
+    torch.Tensor.__mul__: _product,
+    torch.Tensor.__rmul__: _product,
     F.max_pool2d: _max_pool2d,
     F.batch_norm: _batch_norm,
     F.layer_norm: _layer_norm,

@@ -926,3 +926,53 @@ def test_multihead_attention_runs_through_the_policy_with_dropout_replayed(maske
         # The attention keeps q, k, v; vanilla's math path also keeps the probabilities and their dropout mask.
         assert 0 < attention["held_bytes"] < attention["original_bytes"]
         assert {"self_attn"} <= {n.split(".")[0] for n in ctx.stats.per_layer}  # the projections' inputs
+
+
+# -- a gated product (Llama's SiLU(gate) * up) recomputes the activation's output ---------------
+
+
+class _GatedMLP(nn.Module):
+    def __init__(self, act: nn.Module, d: int = 16, hidden: int = 48) -> None:
+        super().__init__()
+        self.gate, self.up, self.down, self.act = nn.Linear(d, hidden), nn.Linear(d, hidden), nn.Linear(hidden, d), act
+
+    def forward(self, x):
+        return self.down(self.act(self.gate(x)) * self.up(x))
+
+
+@pytest.mark.parametrize("act", [nn.SiLU(), nn.GELU()], ids=["silu", "gelu"])
+def test_a_gated_product_keeps_the_gate_and_the_other_factor_only(act):
+    torch.manual_seed(0)
+    model = _GatedMLP(act).double()
+    x = _leaf(4, 10, 16)
+    expected = _all_grads(model, x)
+    ctx = compress_activations(model, "hosvd", eps=1.0, min_numel=1)
+    got = _all_grads(model, x, ctx)
+    for name in expected:  # the same ops on the same inputs: bit for bit
+        assert torch.equal(got[name], expected[name]), name
+    size = 4 * 10 * 48 * 8
+    part = ctx.stats.held_breakdown["activation_inputs"]
+    # Vanilla: the gate (the activation's), the activation's output and up (the product's); kept: the gate and up.
+    assert part["original_bytes"] == 3 * size
+    assert part["held_bytes"] == 2 * size
+
+
+def test_a_gated_product_whose_activation_output_changed_in_place_is_vanilla():
+    torch.manual_seed(0)
+    model = _GatedMLP(nn.SiLU()).double()
+
+    def forward(x):
+        s = model.act(model.gate(x))
+        s.mul_(1.5)  # no longer act(gate): the product must keep it as it is
+        return model.down(s * model.up(x))
+
+    x = _leaf(4, 10, 16)
+    forward(x).square().sum().backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    ctx = compress_activations(model, "hosvd", eps=1.0, min_numel=1)
+    with ctx:
+        out = forward(x)
+    out.square().sum().backward()
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, expected[name], rtol=1e-12, atol=1e-13), name
