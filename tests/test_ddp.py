@@ -59,6 +59,8 @@ def _worker(rank: int, port: int, result_path: str) -> None:
                 },
                 result_path,
             )
+        # Both ranks leave together: a rank tearing gloo down while the other still talks aborts its process.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

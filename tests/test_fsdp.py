@@ -122,6 +122,8 @@ def _run(rank: int, port: int, result_path: str, worker) -> None:
         result = worker(rank)
         if rank == 0:
             torch.save(result, result_path)
+        # Both ranks leave together: a rank tearing gloo down while the other still talks aborts its process.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
