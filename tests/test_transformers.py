@@ -196,8 +196,9 @@ def test_transformer_memory_benchmark_smoke(tmp_path):
             assert r["max_exact_grad_error"] < 1e-5
         if r["way"] != "plain":
             assert r["held_vs_vanilla"] > 1.0  # even the exact policy holds less than plain autograd
-        # The census and the ledger agree with the allocator (CPU: glibc's bytes in use).
-        assert 0.7 < r["held_vs_allocator"] < 1.1, r
+        # The census and the ledger agree with the allocator (CPU: glibc's bytes in use): they never count more than
+        # it sees, and what they leave out at this tiny size (graph nodes, tensor headers) stays under 100 KiB.
+        assert -0.01 < r["allocator_MiB"] - r["held_MiB"] < 0.1, r
     by = {(r["model"], r["way"]): r for r in rows}
     for model in ("gpt2", "gpt2+lora"):
         assert by[(model, "hosvd+all")]["held_MiB"] < by[(model, "hosvd")]["held_MiB"]
