@@ -36,3 +36,34 @@ def private_cache(tmp_path, monkeypatch):
     """A fresh benchmark cache (checkpoints, decoded images) and no data root from the environment."""
     monkeypatch.setenv("TENSORCOMP_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("TENSORCOMP_DATA_ROOT", raising=False)
+
+
+def plain_and_checkpointed_step(base: Any, k: int) -> tuple[list[str], list[list[Any]], list[int], tuple[Any, Any]]:
+    """One step of two copies of ``base`` (float64), the last ``k`` layers trainable, the second checkpointed.
+
+    Returns the checkpointed regions, each copy's trainable-parameter
+    gradients, each copy's held bytes (an independent saved-tensor census)
+    and the two copies.
+    """
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    from benchmarks._census import StepCensus
+    from benchmarks._models import FineTuneSetting, checkpoint_trainable
+
+    base = base.double()
+    plain, wrapped = copy.deepcopy(base), copy.deepcopy(base)
+    settings = FineTuneSetting(plain, k), FineTuneSetting(wrapped, k)
+    regions = checkpoint_trainable(wrapped)
+    x, y = torch.randn(4, 3, 32, 32, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
+    held = []
+    for model, setting in zip((plain, wrapped), settings):
+        setting.train()
+        census = StepCensus(model)
+        F.cross_entropy(model(x), y).backward()
+        held.append(census.peak_bytes)
+        census.remove()
+    grads = [[p.grad for p in m.parameters() if p.requires_grad] for m in (plain, wrapped)]
+    return regions, grads, held, (plain, wrapped)

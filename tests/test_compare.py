@@ -180,29 +180,13 @@ def test_bn_eval_and_train_fine_tune_differently(tmp_path):
 
 
 def test_checkpointing_the_trainable_part_gives_vanillas_gradients():
-    import copy
-
-    import torch.nn.functional as F
-
-    from benchmarks._census import StepCensus
-    from benchmarks._models import FineTuneSetting, build_model, checkpoint_trainable
+    from benchmarks._models import build_model
+    from conftest import plain_and_checkpointed_step
 
     for name, k in (("smallcnn", 2), ("resnet18", 4)):
         base, _ = build_model(name, 3, 10)
-        base = base.double()
-        plain, wrapped = copy.deepcopy(base), copy.deepcopy(base)
-        plain_setting, wrapped_setting = FineTuneSetting(plain, k), FineTuneSetting(wrapped, k)
-        regions = checkpoint_trainable(wrapped)
+        regions, grads, held, _ = plain_and_checkpointed_step(base, k)
         assert regions and regions[-1] in ("classifier", "fc")
-        x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
-        y = torch.tensor([0, 1, 2, 3])
-        held = []
-        for model, setting in ((plain, plain_setting), (wrapped, wrapped_setting)):
-            setting.train()
-            census = StepCensus(model)
-            F.cross_entropy(model(x), y).backward()
-            held.append(census.peak_bytes)
-        grads = [[p.grad for p in m.parameters() if p.grad is not None] for m in (plain, wrapped)]
         assert len(grads[0]) == len(grads[1]) > 0
         for a, b in zip(*grads):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import csv
 
 import pytest
@@ -16,7 +15,7 @@ pytest.importorskip("tqdm")
 from torch import nn  # noqa: E402
 
 from benchmarks import compare  # noqa: E402
-from benchmarks._models import FineTuneSetting, build_model, candidate_layers, checkpoint_trainable  # noqa: E402
+from benchmarks._models import FineTuneSetting, build_model, candidate_layers  # noqa: E402
 from tensorcomp.adapters import CompressedConv2d, CompressedLinear, convert  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("private_cache")  # tests/conftest.py
@@ -76,25 +75,12 @@ def test_vit_tiny_defaults_and_bad_image_size(capsys):
 
 
 def test_checkpointing_the_vit_recomputes_only_its_trainable_blocks_with_vanillas_gradients():
-    import torch.nn.functional as F
+    from conftest import plain_and_checkpointed_step
 
-    from benchmarks._census import StepCensus
-
-    base = _vit().double()
-    plain, wrapped = copy.deepcopy(base), copy.deepcopy(base)
-    plain_setting, wrapped_setting = FineTuneSetting(plain, 4), FineTuneSetting(wrapped, 4)
+    regions, grads, held, (plain, wrapped) = plain_and_checkpointed_step(_vit(), 4)
     # The encoder is entered: its frozen blocks stay outside the regions.
-    assert checkpoint_trainable(wrapped) == ["encoder.layers.encoder_layer_4..encoder_layer_5", "encoder.ln", "heads"]
+    assert regions == ["encoder.layers.encoder_layer_4..encoder_layer_5", "encoder.ln", "heads"]
     assert all(isinstance(wrapped.encoder.layers[i], type(plain.encoder.layers[i])) for i in range(4))
-    x, y = torch.randn(4, 3, 32, 32, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
-    held = []
-    for model, setting in ((plain, plain_setting), (wrapped, wrapped_setting)):
-        setting.train()
-        census = StepCensus(model)
-        F.cross_entropy(model(x), y).backward()
-        held.append(census.peak_bytes)
-        census.remove()
-    grads = [[p.grad for p in m.parameters() if p.requires_grad] for m in (plain, wrapped)]
     assert len(grads[0]) == len(grads[1]) > 0
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
