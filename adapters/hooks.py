@@ -249,7 +249,6 @@ class compress_activations(torch.autograd.graph.saved_tensors_hooks):
         self.input_policies = check_input_policies(
             norm_inputs=norm_inputs, activation_inputs=activation_inputs, attention_inputs=attention_inputs
         )
-        self.norm_inputs = norm_inputs
         self._selector = _check_modules(modules, model)
         self.compressor = Compressor(method, eps, **method_kwargs)
         self.eps = self.compressor.eps

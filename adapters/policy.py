@@ -520,8 +520,8 @@ class _LayerNormKept:
     """What a LayerNorm keeps besides its statistics, decided when the forward ends (see :meth:`Session.stop`).
 
     Vanilla autograd keeps the norm's input ``x``. When another op keeps the
-    norm's output ``y`` raw anyway (the next layer's input at ``eps`` 1, a
-    LoRA ``lora_A`` input, a frozen attention's ...), the norm reads ``y``
+    norm's output ``y`` raw anyway (the next layer's input at ``eps`` 1, or an
+    input too small to decompose), the norm reads ``y``
     instead and keeps nothing of its own: ``xhat = (y - bias) / weight`` and
     ``x = xhat / rstd + mean``, exact up to rounding (apex's
     memory-efficient LayerNorm does the same). Only where every weight is
@@ -529,7 +529,7 @@ class _LayerNormKept:
     otherwise ``x`` is kept, as vanilla keeps it.
     """
 
-    __slots__ = ("x", "x_version", "y", "y_version", "out", "hold", "__weakref__")
+    __slots__ = ("x", "x_version", "y", "y_version", "out", "weight", "bias", "hold", "__weakref__")
 
     def __init__(self, x: torch.Tensor) -> None:
         self.x: torch.Tensor | None = x
@@ -537,7 +537,18 @@ class _LayerNormKept:
         self.y: torch.Tensor | None = None
         self.y_version = 0
         self.out: weakref.ref | None = None
+        self.weight: torch.Tensor | None = None
+        self.bias: torch.Tensor | None = None
         self.hold: Any = None
+
+    def output_readable(self) -> bool:
+        """Whether ``xhat`` can be read back from the output within a few ulps (see the class notes)."""
+        if self.weight is None:
+            return True
+        with torch.no_grad():
+            if not bool((self.weight != 0).all()):
+                return False
+            return self.bias is None or float((self.bias / self.weight).abs().max()) <= _MAX_BIAS_OVER_WEIGHT
 
 
 def _check_version(t: torch.Tensor, version: int, what: str) -> None:
@@ -1107,13 +1118,9 @@ class Session:
         Vanilla keeps the input for the whole step, so holding it meanwhile
         adds nothing; what is finally kept is counted when it is decided.
         """
-        usable = out.dtype in (torch.float32, torch.float64)
-        if usable and weight is not None:
-            with torch.no_grad():
-                nonzero = bool((weight != 0).all())
-                usable = nonzero and (bias is None or float((bias / weight).abs().max()) <= _MAX_BIAS_OVER_WEIGHT)
-        kept.out = weakref.ref(out) if usable else None
+        kept.out = weakref.ref(out) if out.dtype in (torch.float32, torch.float64) else None
         kept.y_version = out._version
+        kept.weight, kept.bias = weight, bias
         self._layer_norms.append(kept)
 
     def _resolve_layer_norms(self) -> None:
@@ -1124,7 +1131,11 @@ class Session:
                 continue
             out = kept.out() if kept.out is not None else None
             kept.out = None
-            if out is not None and out._version == kept.y_version and HeldLedger.raw_tensor(ledger.source(out)) is not None:
+            if (
+                out is not None and out._version == kept.y_version
+                and HeldLedger.raw_tensor(ledger.source(out)) is not None
+                and kept.output_readable()  # checked (a device sync on a GPU) only where the output could serve
+            ):
                 # Another op keeps the output raw: read it (no new bytes), and count the input vanilla would keep.
                 kept.y, kept.hold = out, ledger.hold_raw(out, "norm_inputs")
                 self.hold_original(kept, kept.x, "norm_inputs")
@@ -1415,29 +1426,23 @@ def _multi_head_attention(session: Session, func, args, kwargs):
 
 
 def _activation(session: Session, func, args, kwargs):
-    """GELU, SiLU, Mish: vanilla keeps their input, and so does the exact policy; ``activation_inputs="compress"``
-    keeps the method's decomposition of it and recomputes the activation from the rebuilt input in backward."""
+    """GELU, SiLU, Mish: vanilla keeps their input, and so does the exact policy (noting the output for a product
+    that may recompute it); ``activation_inputs="compress"`` keeps the method's decomposition of the input and
+    recomputes the activation from the rebuilt input in backward."""
     x = args[0] if args else kwargs.get("input")
-    if (
-        session.activation_inputs != "compress"
-        or not isinstance(x, torch.Tensor)
-        or not x.requires_grad
-        or not x.is_floating_point()
-        or kwargs.get("inplace")
-        or (len(args) > 1 and isinstance(args[1], bool) and args[1])
-    ):
-        out = session.call(func, args, kwargs, "activation_inputs")
-        if (
-            isinstance(x, torch.Tensor) and x.requires_grad and isinstance(out, torch.Tensor) and out is not x
-            and not kwargs.get("inplace") and not (len(args) > 1 and args[1] is True)
-        ):
-            rest, options = args[1:], dict(kwargs)
-            options.pop("input", None)
-            session.note_activation(out, x, lambda g: func(g, *rest, **options))
-        return out
-    rest, options = args[1:], dict(kwargs)
-    options.pop("input", None)
-    return recompute(session, lambda x_: func(x_, *rest, **options), (x,), "activation", compress=True)
+    inplace = bool(kwargs.get("inplace")) or (len(args) > 1 and args[1] is True)
+    if not isinstance(x, torch.Tensor) or not x.requires_grad or not x.is_floating_point() or inplace:
+        return session.call(func, args, kwargs, "activation_inputs")
+    rest, options = args[1:], {k: v for k, v in kwargs.items() if k != "input"}
+
+    def act(x_: torch.Tensor) -> torch.Tensor:
+        return func(x_, *rest, **options)
+
+    if session.activation_inputs == "compress":
+        return recompute(session, act, (x,), "activation", compress=True)
+    out = session.call(func, args, kwargs, "activation_inputs")
+    session.note_activation(out, x, act)
+    return out
 
 
 def _product(session: Session, func, args, kwargs):
