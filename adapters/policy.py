@@ -529,7 +529,7 @@ class _LayerNormKept:
     otherwise ``x`` is kept, as vanilla keeps it.
     """
 
-    __slots__ = ("x", "x_version", "y", "y_version", "out", "weight", "bias", "hold", "__weakref__")
+    __slots__ = ("x", "x_version", "y", "y_version", "out", "readable", "hold", "__weakref__")
 
     def __init__(self, x: torch.Tensor) -> None:
         self.x: torch.Tensor | None = x
@@ -537,18 +537,23 @@ class _LayerNormKept:
         self.y: torch.Tensor | None = None
         self.y_version = 0
         self.out: weakref.ref | None = None
-        self.weight: torch.Tensor | None = None
-        self.bias: torch.Tensor | None = None
+        self.readable: torch.Tensor | None = None
         self.hold: Any = None
 
-    def output_readable(self) -> bool:
-        """Whether ``xhat`` can be read back from the output within a few ulps (see the class notes)."""
-        if self.weight is None:
-            return True
+    def note_weights(self, weight: torch.Tensor | None, bias: torch.Tensor | None) -> None:
+        """Whether ``xhat`` can be read back from the output within a few ulps (see the class notes), as a
+        0-dim tensor: computed while the parameters are in memory (FSDP frees them after the forward), read
+        (a device sync on a GPU) only where the output could serve."""
+        if weight is None:
+            return
         with torch.no_grad():
-            if not bool((self.weight != 0).all()):
-                return False
-            return self.bias is None or float((self.bias / self.weight).abs().max()) <= _MAX_BIAS_OVER_WEIGHT
+            ok = (weight != 0).all()
+            if bias is not None:
+                ok = ok & ((bias / weight).abs().max() <= _MAX_BIAS_OVER_WEIGHT)
+        self.readable = ok
+
+    def output_readable(self) -> bool:
+        return self.readable is None or bool(self.readable)
 
 
 def _check_version(t: torch.Tensor, version: int, what: str) -> None:
@@ -1120,7 +1125,7 @@ class Session:
         """
         kept.out = weakref.ref(out) if out.dtype in (torch.float32, torch.float64) else None
         kept.y_version = out._version
-        kept.weight, kept.bias = weight, bias
+        kept.note_weights(weight, bias)
         self._layer_norms.append(kept)
 
     def _resolve_layer_norms(self) -> None:
@@ -1134,7 +1139,7 @@ class Session:
             if (
                 out is not None and out._version == kept.y_version
                 and HeldLedger.raw_tensor(ledger.source(out)) is not None
-                and kept.output_readable()  # checked (a device sync on a GPU) only where the output could serve
+                and kept.output_readable()
             ):
                 # Another op keeps the output raw: read it (no new bytes), and count the input vanilla would keep.
                 kept.y, kept.hold = out, ledger.hold_raw(out, "norm_inputs")
