@@ -102,7 +102,9 @@ def with_lora(model: Any, r: int) -> Any:
 def compression(model: Any, way: str, eps: float | None) -> Any:
     """The ``compress_activations`` context of a way, or ``None`` for the plain ones (vanilla, checkpoint, lora).
 
-    ``exact`` is the policy at ``eps`` 1; ``lora+<name>`` is ``<name>`` on a
+    ``exact`` is the policy with every layer input kept as is (method
+    ``"vanilla"``: masks, recomputed chains, nothing decomposed, so nothing is
+    computed only to be thrown away); ``lora+<name>`` is ``<name>`` on a
     LoRA model; every other name (``hosvd``, ``hosvd+all``, ``quant8_all``)
     is read as the comparison reads it (:func:`benchmarks._finetune.storage_method`).
     """
@@ -113,7 +115,7 @@ def compression(model: Any, way: str, eps: float | None) -> Any:
     if way in ("vanilla", "checkpoint", "lora"):
         return None
     if way == "exact":
-        return compress_activations(model, "hosvd", eps=1.0)
+        return compress_activations(model, "vanilla")
     method, options = storage_method(way.removeprefix("lora+"))
     return compress_activations(model, method, **({} if eps is None else {"eps": eps}), **options)
 
@@ -127,7 +129,11 @@ def checkpoint_blocks(model: Any, census: Callable[[], Any]) -> None:
     """
     import torch
 
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:  # transformers before 5 names it after gradients
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
 
     def keep_inputs(module: Any, args: tuple, kwargs: dict) -> None:

@@ -6,8 +6,9 @@ own documentation, alternate topics), then fine-tuned from the same weights,
 on the same batches and seed, on the other half in each way:
 
 - ``vanilla``: plain autograd, every parameter trained;
-- ``exact``: the adapters' policy at ``eps`` 1 (masks, recomputed GELU and
-  attention; every gradient exact, so the run follows vanilla's);
+- ``exact``: the adapters' policy with nothing decomposed (method
+  ``"vanilla"``: masks, recomputed GELU and attention, LayerNorms reading
+  their outputs; every gradient exact, so the run follows vanilla's);
 - ``hosvd``/``svd`` at each ``--eps``: the linear and Conv1D inputs decomposed;
 - ``hosvd+all`` at each ``--eps``: also the LayerNorm, GELU and attention
   inputs (``norm_inputs``, ``activation_inputs``, ``attention_inputs`` set
@@ -203,7 +204,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
         way = r["way"]
         ax.scatter(r["held_MiB"], r["val_loss"], color=colour(way), marker="s" if way.startswith("lora") else "o",
                    s=70 if on_front else 35, edgecolors="black" if on_front else "none", zorder=3)
-        label = way if r["eps"] in (None, "") or way == "exact" else f"{way} {r['eps']:g}"
+        label = way if r["eps"] in (None, "") else f"{way} {r['eps']:g}"
         ax.annotate(label, (r["held_MiB"], r["val_loss"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
     on = sorted(p for p, f in zip(points, front) if f)
     ax.plot([p[0] for p in on], [p[1] for p in on], color="black", linewidth=0.8, linestyle="--", zorder=2)
@@ -259,7 +260,7 @@ def _main(argv: Sequence[str] | None) -> int:
     rows = [
         {
             "way": way,
-            "eps": 1.0 if way == "exact" else eps,
+            "eps": eps,
             "val_loss": round(r["val_loss"], 4),
             "perplexity": round(math.exp(r["val_loss"]), 3),
             "val_loss_vs_vanilla_pct": round(100 * (r["val_loss"] / vanilla["val_loss"] - 1), 2),
@@ -281,7 +282,7 @@ def _main(argv: Sequence[str] | None) -> int:
         model=f"GPT-2 from a config: n_embd {args.embd}, {args.n_layer} layers, byte vocabulary, dropout 0.1, random init",
         held="peak over fine-tuning steps; plain runs: an independent census of the saved tensors; others: the adapters' ledger",
         step="median wall time of forward + backward + optimizer step over vanilla's (and checkpoint's), same process",
-        checkpoint="transformers' gradient_checkpointing_enable (non-reentrant) on every block; held counts each block's inputs",
+        checkpoint="transformers' activation checkpointing (non-reentrant) on every block; held counts each block's inputs",
         quant8_all="compress_activations(model, 'quant8', norm_inputs/activation_inputs/attention_inputs='compress')",
         all_inputs="'+all': norm_inputs, activation_inputs and attention_inputs set to 'compress'",
         pretrained_val_loss=round(before, 4),

@@ -23,8 +23,9 @@ same step (same weights, same batch) and reports
 
 Ways: ``plain`` (vanilla autograd), ``checkpoint`` (``transformers``' own
 non-reentrant activation checkpointing of every block; exact), ``exact``
-(the policy at ``eps`` 1: masks, recomputed activation chains, frozen
-weights keeping nothing; every gradient exact), ``hosvd``/``svd`` at
+(the policy with nothing decomposed, method ``"vanilla"``: masks,
+recomputed activation chains, frozen weights keeping nothing; every
+gradient exact), ``hosvd``/``svd`` at
 ``--eps`` (the linear and Conv1D inputs decomposed), ``hosvd+all`` (also the
 LayerNorm, GELU and attention inputs: ``norm_inputs``,
 ``activation_inputs``, ``attention_inputs="compress"``) and ``quant8_all``
@@ -98,7 +99,7 @@ def run_way(args: argparse.Namespace, lora: bool, way: str, tokens: Any) -> dict
         sync()
         before = in_use()
         t0 = time.perf_counter()
-        ctx = compression(model, "exact" if way == "exact" else way if way != "plain" else "vanilla", args.eps)
+        ctx = compression(model, way if way != "plain" else "vanilla", args.eps)
         if ctx is None:
             census = SavedCensus(model)
             with census:
@@ -155,7 +156,7 @@ def _rows(args: argparse.Namespace) -> list[dict[str, Any]]:
         row = {
             "model": "gpt2+lora" if lora else "gpt2",
             "way": way,
-            "eps": None if way in ("plain", "checkpoint", "quant8_all") else (1.0 if way == "exact" else args.eps),
+            "eps": None if way in ("plain", "checkpoint", "exact", "quant8_all") else args.eps,
             "loss": round(r["loss"], 5),
             "allocator_MiB": round(r["allocator_bytes"] / 2**20, 3),
             "held_MiB": round(r["held_bytes"] / 2**20, 3),
