@@ -78,6 +78,8 @@ class compress_activations(torch.autograd.graph.saved_tensors_hooks):
       ``norm_inputs="compress"`` (then the gradients below them change too);
       a LayerNorm whose output another op keeps raw keeps nothing of its
       own and reads its input back from that output (exact up to rounding);
+      RMSNorm (``F.rms_norm`` and the elementwise RMSNorm modules of
+      ``transformers``) keeps its input only and is recomputed in backward;
     - the elementwise activation chains of ``transformers`` (GPT-2's
       tanh-GELU) and attention (``scaled_dot_product_attention``) keep only
       their inputs and are recomputed in backward, exactly; GELU, SiLU and
@@ -127,7 +129,8 @@ class compress_activations(torch.autograd.graph.saved_tensors_hooks):
         Record into this object (to accumulate steps over several contexts);
         a new one by default.
     norm_inputs : {"exact", "compress"}, default "exact"
-        What training-mode BatchNorm, LayerNorm and GroupNorm keep: their
+        What training-mode BatchNorm, LayerNorm, GroupNorm and RMSNorm
+        (``F.rms_norm`` and ``transformers``' RMSNorm modules) keep: their
         input exactly, or the method's decomposition of it (rebuilt in
         backward: the gradients of the norm's parameters and of everything
         below it change). Evaluation-mode BatchNorm is not affected.

@@ -30,6 +30,8 @@ group_norm, training mode         ``norm_inputs="compress"`` the method's
 layer_norm (default)              its output instead of its input where        exact up to
                                   another op keeps the output raw anyway       rounding
                                   (nothing of its own then)
+rms_norm, RMSNorm modules of      their input only; recomputed in backward     exact
+``transformers`` (Llama's)        (``norm_inputs="compress"``: decomposed)
 addmm(bias, x, W) (``transformers``  as linear, with the weight ``W.t()``          as linear
 Conv1D)
 elementwise activation modules    their input only; the chain is recomputed    exact
@@ -46,6 +48,8 @@ self-attention, no masks)         as scaled_dot_product_attention
 anything else                     what vanilla autograd keeps, counted         exact
 ================================  ===========================================  ==============
 
+``norm_inputs="compress"`` keeps the method's decomposition of the
+training-mode norms' inputs (rebuilt, or recomputed from, in backward),
 ``activation_inputs="compress"`` keeps the method's decomposition of the
 input of the activation rows instead (recomputed from the rebuilt input),
 ``attention_inputs="compress"`` those of the query, key and value; the
@@ -751,8 +755,8 @@ def recompute(
 ) -> torch.Tensor:
     """``fn(*inputs)`` as :class:`_RecomputeFunction`, keeping its inputs raw or, with ``compress``, decomposed.
 
-    ``op`` (``"activation"`` or ``"attention"``) names the ledger's category
-    (``activation_inputs``/``attention_inputs``) and, with the running
+    ``op`` (``"activation"``, ``"attention"`` or ``"norm"``) names the ledger's
+    category (``activation_inputs``/``attention_inputs``/``norm_inputs``) and, with the running
     module's name, the stored forms; the last ``exact_inputs`` inputs (an
     attention mask) are always kept as they are.
     """
@@ -776,6 +780,43 @@ def recomputed(module: nn.Module) -> bool:
         and not any(True for _ in module.buffers(recurse=True))
         and not any(True for _ in module.children())
     )
+
+
+def recomputed_norm(module: nn.Module) -> tuple[str, ...]:
+    """The parameter names of ``module`` if its forward runs as :class:`_RecomputeFunction` (else ``()``).
+
+    That is an RMSNorm written as elementwise ops, as ``transformers``
+    writes it (``LlamaRMSNorm``, ``MistralRMSNorm``, ``Qwen2RMSNorm``,
+    ``GemmaRMSNorm``...: a class of a ``transformers`` module whose name ends
+    with ``RMSNorm``, with parameters of its own, no buffers and no
+    children). Vanilla autograd keeps its input (a float32 copy of it when
+    the input is half precision), its reciprocal root mean square and the
+    normalised input; recomputed, it keeps the input only.
+    """
+    cls = type(module)
+    if not (cls.__module__.startswith("transformers.") and cls.__name__.endswith("RMSNorm")):
+        return ()
+    if any(True for _ in module.buffers(recurse=True)) or any(True for _ in module.children()):
+        return ()
+    return tuple(name for name, _ in module.named_parameters(recurse=False))
+
+
+def _with_parameters(module: nn.Module, forward: Callable[..., Any], names: tuple[str, ...]) -> Callable[..., torch.Tensor]:
+    """``fn(x, *params)``: ``forward(x)`` with ``module``'s parameters ``names`` read as ``params`` (the
+    recomputation in backward differentiates with respect to them, not to the module's own)."""
+
+    def fn(x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        table = module._parameters
+        old = [table[name] for name in names]
+        for name, p in zip(names, params):
+            table[name] = p
+        try:
+            return forward(x)
+        finally:
+            for name, p in zip(names, old):
+                table[name] = p
+
+    return fn
 
 
 # -- the session and its mode --------------------------------------------------------------------
@@ -919,7 +960,7 @@ class Session:
                 compressor = own if callable(own) and hasattr(own, "method") else None
                 self._handles.append(module.register_forward_pre_hook(self._push(name, selected, compressor)))
                 self._handles.append(module.register_forward_hook(self._pop, always_call=True))
-                if recomputed(module) and "forward" not in module.__dict__:
+                if "forward" not in module.__dict__ and (recomputed(module) or recomputed_norm(module)):
                     module.forward = self._recomputing(module, module.forward)
                     self._patched.append(module)
         self._cuda_start = None
@@ -989,7 +1030,8 @@ class Session:
         return top is None or self.pack_fn is None or top[0] is self.pack_fn
 
     def _recomputing(self, module: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
-        """``module``'s forward for the step: a recomputed chain (see :func:`recomputed`) where it applies."""
+        """``module``'s forward for the step: a recomputed chain or norm (see :func:`recomputed`,
+        :func:`recomputed_norm`) where it applies."""
 
         @functools.wraps(forward)
         def run(*args: Any, **kwargs: Any) -> Any:
@@ -1004,6 +1046,12 @@ class Session:
                 return forward(*args, **kwargs)
             if self._pending:
                 self.consumed(forward, (x,), {})
+            names = recomputed_norm(module)
+            if names:
+                params = tuple(getattr(module, name) for name in names)
+                fn = _with_parameters(module, forward, names)
+                compress = self.norm_inputs == "compress"
+                return recompute(self, fn, (x, *params), "norm", compress=compress, exact_inputs=len(params))
             compress = self.activation_inputs == "compress"
             out = recompute(self, forward, (x,), "activation", compress=compress)
             if not compress:
@@ -1616,6 +1664,21 @@ def _layer_norm(session: Session, func, args, kwargs):
     return _NormRebuildFunction.apply(x, a["weight"], a["bias"], forward_fn, backward_fn, store)
 
 
+def _rms_norm(session: Session, func, args, kwargs):
+    a = _bind(args, kwargs, ("input", "normalized_shape", "weight", "eps"), {"weight": None, "eps": None})
+    x, weight = a["input"], a["weight"]
+    if not _needs_grad(x, weight) or not x.is_floating_point():
+        return session.call(func, args, kwargs, "norm_inputs")
+    shape, eps = a["normalized_shape"], a["eps"]
+
+    def fn(x_: torch.Tensor, *w: torch.Tensor) -> torch.Tensor:
+        return func(x_, shape, *w, eps=eps)
+
+    # Recomputed from its input (vanilla keeps the normalised input too, or the reciprocal rms on fused kernels).
+    inputs = (x,) if weight is None else (x, weight)
+    return recompute(session, fn, inputs, "norm", compress=session.norm_inputs == "compress", exact_inputs=len(inputs) - 1)
+
+
 def _group_norm(session: Session, func, args, kwargs):
     a = _bind(args, kwargs, ("input", "num_groups", "weight", "bias", "eps"), {"weight": None, "bias": None, "eps": 1e-5})
     x = a["input"]
@@ -1705,6 +1768,7 @@ _HANDLERS: dict[Callable[..., Any], Callable[..., Any]] = {
     F.batch_norm: _batch_norm,
     F.layer_norm: _layer_norm,
     F.group_norm: _group_norm,
+    F.rms_norm: _rms_norm,
 }
 
 

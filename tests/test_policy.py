@@ -359,7 +359,9 @@ def test_a_composite_module_compresses_the_linear_inputs_inside_it_only():
 
 def _norm_net(kind, side=6):
     torch.manual_seed(0)
-    norm = {"batch": nn.BatchNorm2d(8), "layer": nn.LayerNorm([8, side, side]), "group": nn.GroupNorm(2, 8)}[kind]
+    norm = {
+        "batch": nn.BatchNorm2d(8), "layer": nn.LayerNorm([8, side, side]), "group": nn.GroupNorm(2, 8), "rms": nn.RMSNorm([8, side, side]),
+    }[kind]
     return nn.Sequential(nn.Conv2d(3, 8, 3), norm, nn.ReLU(), nn.Conv2d(8, 4, 3)).double()
 
 
@@ -402,7 +404,7 @@ def test_eval_batch_norm_keeps_nothing_when_frozen_and_a_decomposition_when_trai
             torch.testing.assert_close(got[name], expected[name], rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
 
 
-@pytest.mark.parametrize("kind", ["batch", "layer", "group"])
+@pytest.mark.parametrize("kind", ["batch", "layer", "group", "rms"])
 def test_training_norms_are_exact_by_default_and_compressible_on_request(kind):
     model = _norm_net(kind)
     x = _leaf(4, 3, 8, 8)
@@ -422,6 +424,21 @@ def test_training_norms_are_exact_by_default_and_compressible_on_request(kind):
     ctx = compress_activations(model, "hosvd", eps=0.5, min_numel=1, norm_inputs="compress")
     _all_grads(model, x, ctx)
     assert ctx.stats.held_breakdown["norm_inputs"]["held_bytes"] < exact_norm
+
+
+def test_rms_norm_keeps_its_input_only_and_is_recomputed_bit_for_bit():
+    model = _norm_net("rms")
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 2.0)
+    x = _leaf(4, 3, 8, 8)
+    expected = _all_grads(model, x)
+    ctx = compress_activations(model, "vanilla")
+    got = _all_grads(model, x, ctx)
+    assert all(torch.equal(got[n], expected[n]) for n in expected)
+    norm = ctx.stats.held_breakdown["norm_inputs"]
+    x_bytes = 4 * 8 * 6 * 6 * 8
+    assert norm["held_bytes"] == x_bytes  # the input; vanilla keeps the normalised input (or the rms) too
+    assert norm["original_bytes"] > x_bytes
 
 
 def test_norm_inputs_is_validated():

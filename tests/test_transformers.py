@@ -300,6 +300,70 @@ def test_llama_architecture_gradients_outside_the_decomposed_weights_are_exact(e
     assert ctx.stats.held_bytes < ctx.stats.held_original_bytes
 
 
+def _llama(dtype=torch.float64, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=T,
+    )
+    return transformers.LlamaForCausalLM(config).to(dtype).train()
+
+
+def _llama_grads(model, tokens, ctx=None):
+    model.zero_grad(set_to_none=True)
+    # Not a leaf: the first norm's input is then counted like every other norm's.
+    embeds = model.model.embed_tokens(tokens).detach().requires_grad_(True) * 1.0
+    embeds.retain_grad()
+    if ctx is None:
+        loss = model(inputs_embeds=embeds, labels=tokens).loss
+    else:
+        with ctx:
+            loss = model(inputs_embeds=embeds, labels=tokens).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, embeds.grad.clone()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+def test_llama_rms_norm_is_recomputed_keeping_its_input_only(dtype):
+    """transformers' RMSNorm (elementwise ops with a weight) keeps its input only and recomputes itself in backward."""
+    from tensorcomp.adapters.policy import recomputed_norm
+
+    model, tokens = _llama(dtype), _tokens()
+    norms = [m for m in model.modules() if type(m).__name__ == "LlamaRMSNorm"]
+    assert len(norms) == 5 and all(recomputed_norm(m) == ("weight",) for m in norms)
+    assert recomputed_norm(nn.RMSNorm(8)) == () and recomputed_norm(nn.LayerNorm(8)) == ()
+    ref_loss, ref, ref_in = _llama_grads(model, tokens)
+    ctx = compress_activations(model, "vanilla")
+    loss, got, got_in = _llama_grads(model, tokens, ctx)
+    assert torch.equal(loss, ref_loss) and set(got) == set(ref)
+    if dtype == torch.float32:
+        # The norm's input is also the residual's: its two gradients are summed in another order (one rounding).
+        assert max(_rel(got[n], ref[n]) for n in ref) < 1e-6 and _rel(got_in, ref_in) < 1e-6
+    else:
+        # Half precision and float64 run the norm on a float32 copy, whose gradients are summed inside the norm.
+        assert all(torch.equal(got[n], ref[n]) for n in ref) and torch.equal(got_in, ref_in)
+    norm = ctx.stats.held_breakdown["norm_inputs"]
+    # Each norm keeps its input, nothing else; vanilla keeps the normalised input besides (and a float32 copy).
+    assert norm["held_bytes"] == len(norms) * tokens.numel() * 32 * torch.finfo(dtype).bits // 8
+    assert norm["original_bytes"] >= 2 * norm["held_bytes"]
+    assert not any("forward" in m.__dict__ for m in norms)  # the step's patches are gone
+
+
+def test_llama_rms_norm_inputs_compressed_keep_the_forward_and_hold_less():
+    model, tokens = _llama(torch.float32), _tokens()
+    ref_loss, ref, _ = _llama_grads(model, tokens)
+    exact = compress_activations(model, "hosvd", eps=0.5)
+    _llama_grads(model, tokens, exact)
+    ctx = compress_activations(model, "hosvd", eps=0.5, norm_inputs="compress")
+    loss, got, got_in = _llama_grads(model, tokens, ctx)
+    assert torch.equal(loss, ref_loss)  # the forward is vanilla's
+    assert all(torch.isfinite(g).all() for g in got.values()) and torch.isfinite(got_in).all()
+    held, exact_held = ctx.stats.held_breakdown["norm_inputs"], exact.stats.held_breakdown["norm_inputs"]
+    assert held["held_bytes"] < exact_held["held_bytes"] and held["original_bytes"] == exact_held["original_bytes"]
+    # The norms' own weights now see decomposed inputs: their gradients move.
+    assert max(_rel(got[n], ref[n]) for n in ref if "norm" in n) > 1e-6
+
+
 def test_pydoc_setup_b_split_is_disjoint_and_covers_every_topic():
     from benchmarks import _text, gpt_finetune
 
