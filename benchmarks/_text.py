@@ -1,4 +1,4 @@
-"""Real text that ships with Python, as byte tokens, a small GPT-2 built from a config (no download), and the ways to train it.
+"""Real text that ships with Python, as byte tokens, small GPT-2 and Llama models built from a config (no download), and the ways to train them.
 
 ``pydoc_data.topics`` holds about 465 KB of English documentation in 79
 topics. Setup B splits the topics into two halves: alternate topics in
@@ -92,11 +92,47 @@ def build_gpt2(embd: int, n_layer: int, tokens: int, *, seed: int, lora_r: int |
     return model
 
 
+def build_llama(embd: int, n_layer: int, tokens: int, *, seed: int, lora_r: int | None = None) -> Any:
+    """A Llama-architecture model on a byte vocabulary (256), ``hidden_size=embd``, heads of 32 features with
+    half as many key-value heads (grouped-query attention), an MLP of ``8/3 * embd`` rounded up to 32, random
+    init from ``seed``; with ``lora_r`` a PEFT LoRA adapter of that rank on every projection."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    heads = max(1, embd // 32)
+    config = transformers.LlamaConfig(
+        vocab_size=256, hidden_size=embd, intermediate_size=32 * -(-8 * embd // 96), num_hidden_layers=n_layer,
+        num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=tokens,
+        bos_token_id=0, eos_token_id=0, tie_word_embeddings=False,
+    )
+    model = transformers.LlamaForCausalLM(config)
+    if lora_r is not None:
+        model = with_lora(model, lora_r)
+    model.train()
+    return model
+
+
+#: The layers a LoRA adapter goes on, per architecture (``model_type`` of the config).
+LORA_TARGETS = {
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
+
+
 def with_lora(model: Any, r: int) -> Any:
+    """``model`` with a PEFT LoRA adapter of rank ``r`` on the layers of :data:`LORA_TARGETS`."""
     import peft
 
-    config = peft.LoraConfig(r=r, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True, lora_dropout=0.0)
+    kind = model.config.model_type
+    config = peft.LoraConfig(r=r, target_modules=LORA_TARGETS[kind], fan_in_fan_out=kind == "gpt2", lora_dropout=0.0)
     return peft.get_peft_model(model, config)
+
+
+def blocks(model: Any) -> Any:
+    """The transformer blocks of a GPT-2 or Llama model (with or without a PEFT wrapper)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.transformer.h if hasattr(base, "transformer") else base.model.layers
 
 
 def compression(model: Any, way: str, eps: float | None) -> Any:
@@ -121,7 +157,7 @@ def compression(model: Any, way: str, eps: float | None) -> Any:
 
 
 def checkpoint_blocks(model: Any, census: Callable[[], Any]) -> None:
-    """Every GPT-2 block of ``model`` under ``transformers``' own activation checkpointing (non-reentrant).
+    """Every block of ``model`` (GPT-2 or Llama) under ``transformers``' own activation checkpointing (non-reentrant).
 
     A checkpointed block keeps its tensor inputs outside autograd's saved
     tensors; each is added to ``census()`` (a ``SavedCensus`` or ``None``)
@@ -134,14 +170,14 @@ def checkpoint_blocks(model: Any, census: Callable[[], Any]) -> None:
         enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:  # transformers before 5 names it after gradients
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
 
     def keep_inputs(module: Any, args: tuple, kwargs: dict) -> None:
         counter = census()
         if counter is not None and torch.is_grad_enabled():
             for t in (*args, *kwargs.values()):
-                if isinstance(t, torch.Tensor):
-                    counter.add(t)
+                for u in t if isinstance(t, tuple) else (t,):  # Llama's rotary (cos, sin) come as a pair
+                    if isinstance(u, torch.Tensor):
+                        counter.add(u)
 
-    for block in base.transformer.h:
+    for block in blocks(model):
         block.register_forward_pre_hook(keep_inputs, with_kwargs=True)

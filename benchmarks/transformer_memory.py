@@ -1,7 +1,9 @@
 """What a transformer's training step holds for backward, plain and under the adapters' policy.
 
-``transformers``' GPT-2 built from a small config (random init, no download;
-byte-level vocabulary of 256), on one batch of real text: byte windows of the
+``transformers``' GPT-2 and a Llama-architecture model (RMSNorm, rotary
+embeddings, grouped-query attention, ``SiLU(gate) * up``), each built from a
+small config (random init, no download; byte-level vocabulary of 256), on
+one batch of real text: byte windows of the
 English documentation in Python's own ``pydoc_data.topics``. Each way runs the
 same step (same weights, same batch) and reports
 
@@ -30,7 +32,8 @@ gradient exact), ``hosvd``/``svd`` at
 LayerNorm, GELU and attention inputs: ``norm_inputs``,
 ``activation_inputs``, ``attention_inputs="compress"``) and ``quant8_all``
 (every saved float tensor quantised to 8 bits), each without and with a
-PEFT LoRA adapter (r 8 on c_attn, c_proj and c_fc).
+PEFT LoRA adapter (r 8 on GPT-2's c_attn, c_proj and c_fc; on every
+projection of Llama).
 
 Run: ``python -m benchmarks.transformer_memory`` (needs the ``hf`` extra).
 """
@@ -47,22 +50,24 @@ from pathlib import Path
 from typing import Any
 
 from ._cli import Parser, UsageError, check_device, check_eps, check_positive, run_main
-from ._text import build_gpt2, checkpoint_blocks, compression, text_batch
+from ._text import build_gpt2, build_llama, checkpoint_blocks, compression, text_batch
 
 PROG = "python -m benchmarks.transformer_memory"
 RESULTS = Path(__file__).resolve().parent / "results" / "transformer_memory"
 CATEGORIES = ("layer_inputs", "masks", "norm_inputs", "activation_inputs", "attention_inputs", "other")
 WAYS = ("plain", "checkpoint", "exact", "hosvd", "svd", "hosvd+all", "quant8_all")
+ARCHS = {"gpt2": build_gpt2, "llama": build_llama}
 #: Ways whose every gradient below a compressed norm, activation or attention input is approximate.
 APPROXIMATE_BELOW = ("hosvd+all", "quant8_all")
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog=PROG, description="Held bytes of a GPT-2 training step (with and without LoRA), plain and compressed.")
+    parser = Parser(prog=PROG, description="Held bytes of a GPT-2 and a Llama training step (with and without LoRA), plain and compressed.")
     add = parser.add_argument
+    add("--arch", nargs="+", choices=sorted(ARCHS), default=["gpt2", "llama"], help="architectures (default: both)")
     add("--eps", type=float, default=0.8, help="energy fraction kept by hosvd and svd, in (0, 1]")
-    add("--embd", type=int, default=128, help="GPT-2's n_embd")
-    add("--n-layer", type=int, default=2, help="GPT-2's n_layer")
+    add("--embd", type=int, default=128, help="width (GPT-2's n_embd, Llama's hidden_size)")
+    add("--n-layer", type=int, default=2, help="blocks")
     add("--batch", type=int, default=8, help="sequences per batch")
     add("--tokens", type=int, default=128, help="tokens (bytes) per sequence")
     add("--lora-r", type=int, default=8, help="LoRA rank")
@@ -73,13 +78,13 @@ def build_parser() -> Parser:
     return parser
 
 
-def run_way(args: argparse.Namespace, lora: bool, way: str, tokens: Any) -> dict[str, Any]:
+def run_way(args: argparse.Namespace, arch: str, lora: bool, way: str, tokens: Any) -> dict[str, Any]:
     import torch
 
     from ._census import SavedCensus, allocator_in_use
 
     device = torch.device(args.device)
-    model = build_gpt2(args.embd, args.n_layer, args.tokens, seed=args.seed, lora_r=args.lora_r if lora else None).to(device)
+    model = ARCHS[arch](args.embd, args.n_layer, args.tokens, seed=args.seed, lora_r=args.lora_r if lora else None).to(device)
     tokens = tokens.to(device)
     base = model.get_base_model() if lora else model
     census: SavedCensus | None = None
@@ -94,7 +99,7 @@ def run_way(args: argparse.Namespace, lora: bool, way: str, tokens: Any) -> dict
     ms, allocated, held, stats = [], [], [], None
     for step in range(args.repeats + 1):
         model.zero_grad(set_to_none=True)
-        embeds = base.transformer.wte(tokens).detach().requires_grad_(True)
+        embeds = base.get_input_embeddings()(tokens).detach().requires_grad_(True)
         gc.collect()
         sync()
         before = in_use()
@@ -143,18 +148,18 @@ def run_way(args: argparse.Namespace, lora: bool, way: str, tokens: Any) -> dict
 
 def _rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     tokens = text_batch(args.batch, args.tokens)
-    results = {(lora, way): run_way(args, lora, way, tokens) for lora in (False, True) for way in WAYS}
-    vanilla, lora_alone = results[(False, "plain")], results[(True, "plain")]
+    results = {(arch, lora, way): run_way(args, arch, lora, way, tokens) for arch in args.arch for lora in (False, True) for way in WAYS}
     rows = []
-    for (lora, way), r in results.items():
-        plain, checkpointed = results[(lora, "plain")], results[(lora, "checkpoint")]
+    for (arch, lora, way), r in results.items():
+        vanilla, lora_alone = results[(arch, False, "plain")], results[(arch, True, "plain")]
+        plain, checkpointed = results[(arch, lora, "plain")], results[(arch, lora, "checkpoint")]
         errors = [
             float((r["grads"][n] - g).norm() / g.norm().clamp_min(1e-30))
             for n, g in plain["grads"].items()
             if n not in r["decomposed"]
         ]
         row = {
-            "model": "gpt2+lora" if lora else "gpt2",
+            "model": f"{arch}+lora" if lora else arch,
             "way": way,
             "eps": None if way in ("plain", "checkpoint", "exact", "quant8_all") else args.eps,
             "loss": round(r["loss"], 5),

@@ -191,7 +191,8 @@ def test_transformer_memory_benchmark_smoke(tmp_path):
     assert transformer_memory.main(argv) == 0
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     ways = ("plain", "checkpoint", "exact", "hosvd", "svd", "hosvd+all", "quant8_all")
-    assert [(r["model"], r["way"]) for r in rows] == [(m, w) for m in ("gpt2", "gpt2+lora") for w in ways]
+    models = ("gpt2", "gpt2+lora", "llama", "llama+lora")
+    assert [(r["model"], r["way"]) for r in rows] == [(m, w) for m in models for w in ways]
     for r in rows:
         if r["way"] in ("hosvd+all", "quant8_all"):
             assert r["max_exact_grad_error"] is None  # every gradient below a compressed activation moves
@@ -200,10 +201,13 @@ def test_transformer_memory_benchmark_smoke(tmp_path):
         if r["way"] != "plain":
             assert r["held_vs_vanilla"] > 1.0  # even the exact policy holds less than plain autograd
         # The census and the ledger agree with the allocator (CPU: glibc's bytes in use): they never count more than
-        # it sees, and what they leave out at this tiny size (graph nodes, tensor headers) stays under 100 KiB.
-        assert -0.01 < r["allocator_MiB"] - r["held_MiB"] < 0.1, r
+        # it sees, and what they leave out at this tiny size (graph nodes, tensor headers) stays under 100 KiB for
+        # GPT-2 and 150 KiB for Llama (more nodes: LoRA on seven projections per block). The gap is per node, not
+        # per byte: Llama+LoRA's plain step leaves out 0.10 MiB at widths 32, 64 and 128 alike.
+        gap = 0.1 if r["model"].startswith("gpt2") else 0.15
+        assert -0.01 < r["allocator_MiB"] - r["held_MiB"] < gap, r
     by = {(r["model"], r["way"]): r for r in rows}
-    for model in ("gpt2", "gpt2+lora"):
+    for model in models:
         assert by[(model, "hosvd+all")]["held_MiB"] < by[(model, "hosvd")]["held_MiB"]
         assert by[(model, "checkpoint")]["loss"] == by[(model, "plain")]["loss"]
 
