@@ -42,6 +42,9 @@ mul of an activation's output     the other factor and the activation's        e
 (Llama's ``SiLU(gate) * up``)     input; the output is recomputed from it
 scaled_dot_product_attention      query, key, value (and mask); recomputed,    exact
                                   dropout replayed from the generator state
+matmul of a dropout's output      the other factor, and the dropout's input    exact
+over a tensor kept raw (eager     and bits, kept anyway; the dropped
+attention's ``dropout(P) @ v``)   probabilities are recomputed from them
 multi_head_attention_forward      its parts through the rules above: the two   as those rules
 (``nn.MultiheadAttention``,       projections as linear layers, the attention
 self-attention, no masks)         as scaled_dot_product_attention
@@ -76,7 +79,8 @@ from torch.autograd.function import once_differentiable
 from torch.overrides import TorchFunctionMode
 
 from ._compress import Compressor, Packed
-from ._held import HeldLedger, storage_ptr
+from .baselines import StoredTensor
+from ._held import HeldLedger, storage_nbytes, storage_ptr
 from .grad_weight import ConvGeometry, conv2d_padding, conv2d_weight_dense, conv2d_weight_from_factors, linear_weight_from_factors
 from .masks import BitMask, narrow_index_dtype
 from .memory import ActivationMemory
@@ -738,6 +742,40 @@ class _GatedProductFunction(torch.autograd.Function):
         return grad_activated, grad_other, None, None, None
 
 
+class _RecomputedLeftMatmul(torch.autograd.Function):
+    """``act(gate) @ other`` where ``act(gate)`` is a dropout's output whose input ``gate`` another op keeps raw
+    anyway (eager attention's ``dropout(softmax(s)) @ v``): the product keeps ``other`` and references to ``gate``
+    and the dropout's bit mask, and recomputes ``act(gate)`` in backward.
+
+    Vanilla keeps the softmax's output (for the softmax), and the dropped
+    probabilities and ``v`` (for the product): two tensors of the attention's
+    ``T x T`` size where this keeps one. Exact, bit for bit: the dropout's
+    output is recomputed with the same ops from the same mask.
+    """
+
+    @staticmethod
+    def forward(ctx, activated, other, gate, act, session):  # type: ignore[override]
+        with _no_torch_function():
+            out = torch.matmul(activated, other)
+        ctx.act = act
+        token = _keep(None)
+        ctx.save_for_backward(other, gate, token)
+        session.hold_original(token, activated, "attention_inputs")
+        return out
+
+    @staticmethod
+    @_first_order
+    def backward(ctx, grad):  # type: ignore[override]
+        other, gate, _ = ctx.saved_tensors
+        grad_activated = grad_other = None
+        with _no_torch_function():
+            if ctx.needs_input_grad[0]:
+                grad_activated = torch.matmul(grad, other.mT)
+            if ctx.needs_input_grad[1]:
+                grad_other = torch.matmul(ctx.act(gate).mT, grad)
+        return grad_activated, grad_other, None, None, None
+
+
 def _rng_state(device: torch.device) -> torch.Tensor:
     return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
 
@@ -767,7 +805,34 @@ def recompute(
         store = session.storer(name, compressor, category, record=False)
         n = len(inputs) - exact_inputs
         stores = tuple(store if i < n else None for i in range(len(inputs)))
+    elif any(sparse := _sparse_views(session, inputs)):
+        copy = session.copy_storer(category)
+        stores = tuple(copy if s else None for s in sparse)
     return session.call(_RecomputeFunction.apply, (fn, session, rng, stores, category, *inputs), {}, category)
+
+
+def _sparse_views(session: Session, inputs: tuple[torch.Tensor, ...]) -> list[bool]:
+    """Which ``inputs`` to keep as contiguous copies: views that use less than 2/3 of a storage no op keeps raw.
+
+    GPT-2's query is a view into the fused ``c_attn`` output, three times
+    its size; keeping the view would keep that whole storage alive (with
+    ``use_cache``, the key and value are copies in the cache). Inputs of one
+    call that share a storage are weighed together: three views that fill
+    it are kept as they are.
+    """
+    ledger = session.ledger
+    if ledger is None:
+        return [False] * len(inputs)
+    used: dict[int | None, int] = {}
+    for x in inputs:
+        ptr = storage_ptr(x)
+        used[ptr] = used.get(ptr, 0) + x.numel() * x.element_size()
+    return [
+        x._base is not None and x.is_floating_point()
+        and 3 * used[storage_ptr(x)] < 2 * storage_nbytes(x)
+        and HeldLedger.raw_tensor(ledger.source(x)) is None
+        for x in inputs
+    ]
 
 
 def recomputed(module: nn.Module) -> bool:
@@ -1307,16 +1372,36 @@ class Session:
                 if eligible:
                     src.cache[key] = weakref.ref(packed)
             else:
-
-                def adopt(raw_tensor: torch.Tensor, ref: weakref.ref = weakref.ref(packed), src: Any = src) -> None:
-                    alive = ref()
-                    if alive is not None:
-                        alive.adopt(raw_tensor)
-                        ledger.release_compact(src, alive)
-
-                ledger.hold_compact(packed, packed.nbytes, category, original, adopt=adopt, vanilla_keeps=vanilla_keeps)
+                self._hold_packed(packed, original, category, vanilla_keeps)
                 src.cache[key] = weakref.ref(packed)
         return packed
+
+    def _hold_packed(self, packed: Packed, original: torch.Tensor, category: str, vanilla_keeps: bool = True) -> None:
+        """Count ``packed`` (a compact form of ``original``) until it is freed, or until another op keeps
+        ``original``'s storage raw: then ``packed`` reads that tensor and drops its own (Rule 3)."""
+        ledger = self.ledger
+        assert ledger is not None
+        src = ledger.source(original)
+
+        def adopt(raw_tensor: torch.Tensor, ref: weakref.ref = weakref.ref(packed)) -> None:
+            alive = ref()
+            if alive is not None:
+                alive.adopt(raw_tensor)
+                ledger.release_compact(src, alive)
+
+        ledger.hold_compact(packed, packed.nbytes, category, original, adopt=adopt, vanilla_keeps=vanilla_keeps)
+
+    def copy_storer(self, category: str) -> Callable[[torch.Tensor], Packed]:
+        """A function keeping a contiguous copy of a view (see :func:`_sparse_views`), counted as its compact form."""
+
+        def store(x: torch.Tensor) -> Packed:
+            copy = x.detach().clone(memory_format=torch.contiguous_format)
+            packed = Packed(x, StoredTensor(copy, copy.device))
+            if self.ledger is not None:
+                self._hold_packed(packed, x, category)
+            return packed
+
+        return store
 
 
 # -- handlers: from a torch call to the function that keeps the right form -----------------------
@@ -1580,12 +1665,42 @@ def _dropout(session: Session, func, args, kwargs):
     ):
         return session.call(func, args, kwargs, "masks")
     box: list[BitMask] = []
-    out = _DropoutFunction.apply(x, float(p), bool(a["inplace"]), box)
+    inplace = bool(a["inplace"])
+    ledger = session.ledger
+    # The input kept raw by the op before (a softmax keeps its output): a product may recompute this output from it.
+    readable = not inplace and ledger is not None and HeldLedger.raw_tensor(ledger.source(x)) is not None
+    out = _DropoutFunction.apply(x, float(p), inplace, box)
     bits = box[0]
     session.hold_compact(bits, bits.nbytes, "masks", out)
     # Vanilla keeps a mask of its own: bool on accelerators, the scaled float noise on the CPU.
     session.hold_original(bits, out, "masks", bits.shape.numel() * (x.element_size() if x.device.type == "cpu" else 1))
+    if readable:
+        session.note_activation(out, x, _dropped(bits, 1.0 / (1.0 - float(p))))
     return out
+
+
+def _dropped(bits: BitMask, scale: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Dropout's output from its input and keep mask, with the ops ``native_dropout`` uses (bit for bit)."""
+
+    def act(x: torch.Tensor) -> torch.Tensor:
+        return x.mul(bits.unpack().to(device=x.device, dtype=x.dtype)).mul_(scale)
+
+    return act
+
+
+def _matmul(session: Session, func, args, kwargs):
+    """``a @ b`` where ``a`` is a dropout's output over a tensor kept raw (:class:`_RecomputedLeftMatmul`); else vanilla."""
+    if kwargs or len(args) != 2 or not all(isinstance(t, torch.Tensor) for t in args):
+        return session.call(func, args, kwargs, "other")
+    a, b = args
+    found = session.activation_of(a)
+    if (
+        found is not None and b is not a and a.dim() == b.dim() >= 3 and a.shape[:-2] == b.shape[:-2]
+        and a.dtype == b.dtype and b.is_floating_point()
+    ):
+        gate, act = found
+        return session.call(_RecomputedLeftMatmul.apply, (a, b, gate, act, session), {}, "attention_inputs")
+    return session.call(func, args, kwargs, "other")
 
 
 _POOL_NAMES = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
@@ -1764,6 +1879,9 @@ _HANDLERS: dict[Callable[..., Any], Callable[..., Any]] = {
     torch.Tensor.mul: _product,
     torch.Tensor.__mul__: _product,
     torch.Tensor.__rmul__: _product,
+    torch.matmul: _matmul,
+    torch.Tensor.matmul: _matmul,
+    torch.Tensor.__matmul__: _matmul,
     F.max_pool2d: _max_pool2d,
     F.batch_norm: _batch_norm,
     F.layer_norm: _layer_norm,

@@ -6,6 +6,8 @@ the Conv1D inputs and recomputes the chain from its input; every gradient but
 the decomposed layers' weights must stay exact.
 """
 
+import math
+
 import pytest
 
 torch = pytest.importorskip("torch")  # a core-only install skips the adapter tests
@@ -302,6 +304,67 @@ def test_llama_architecture_gradients_outside_the_decomposed_weights_are_exact(e
     assert exact  # the RMSNorm weights at least
     assert max(_rel(got[n], ref[n]) for n in exact) < 1e-10 and _rel(got_in, ref_in) < 1e-10
     assert ctx.stats.held_bytes < ctx.stats.held_original_bytes
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_attention_keeps_its_query_key_value_and_not_the_fused_projection_output(use_cache):
+    """GPT-2's query is a view into c_attn's output, three times its size; with use_cache the key and value are
+    copies in the cache. The attention keeps a compact copy of the query then, and the views as they are when
+    the three fill the storage: either way, the bytes of q, k and v."""
+    model, tokens = _gpt2(dtype=torch.float32), _tokens()
+    ctx = compress_activations(model, "vanilla")
+    with ctx:
+        model(input_ids=tokens, labels=tokens, use_cache=use_cache)
+    qkv = 3 * B * T * 32 * 4
+    assert ctx.stats.held_breakdown["attention_inputs"]["held_bytes"] == 2 * qkv  # two layers
+
+
+def _eager_attention(q, k, v, p=0.3):
+    """Attention as transformers' eager implementations write it: matmul, softmax, dropout, matmul."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    probs = torch.nn.functional.softmax(scores, dim=-1)
+    return torch.matmul(torch.nn.functional.dropout(probs, p, training=True), v)
+
+
+def test_eager_attention_recomputes_the_dropped_probabilities_from_the_softmax_output():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 24, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+
+    def run(ctx=None):
+        torch.manual_seed(7)
+        if ctx is None:
+            out = _eager_attention(q, k, v)
+        else:
+            with ctx:
+                out = _eager_attention(q, k, v)
+        torch.manual_seed(99)  # backward must not depend on the generator's state by then
+        return out, torch.autograd.grad(out.pow(2).sum(), (q, k, v))
+
+    ref_out, ref = run()
+    ctx = compress_activations(None, "vanilla")
+    out, got = run(ctx)
+    assert torch.equal(out, ref_out) and all(torch.equal(g, r) for g, r in zip(got, ref))
+    # q, k, v are leaves (not counted): the softmax's output and the dropout's bits are all the step holds. Vanilla
+    # keeps the dropped probabilities (and, on the CPU, a float mask) besides.
+    probs = 2 * 3 * 24 * 24 * 8
+    assert ctx.stats.held_bytes == probs + math.ceil(probs / 8 / 8)
+    assert ctx.stats.held_original_bytes >= 3 * probs
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_eager_attention_gpt2_gradients_stay_exact_and_hold_less(lora):
+    model, tokens = _gpt2(lora, dropout=0.2), _tokens()
+    base = model.get_base_model() if lora else model
+    base.config._attn_implementation = "eager"
+    ref, ref_in = _grads(model, tokens)
+    ctx = compress_activations(model, "vanilla")
+    got, got_in = _grads(model, tokens, ctx)
+    assert set(got) == set(ref)
+    # The LayerNorms read their inputs back from their outputs: exact up to rounding.
+    assert max(_rel(got[n], ref[n]) for n in ref) < 1e-12 and _rel(got_in, ref_in) < 1e-12
+    assert ctx.stats.held_bytes < ctx.stats.held_original_bytes / 2
+    # The attention ran eagerly: its dropout kept T x T bits per layer (the SDPA path replays its dropout instead).
+    assert ctx.stats.held_breakdown["masks"]["held_bytes"] >= 2 * B * 4 * T * T // 8
 
 
 def _llama(dtype=torch.float64, seed: int = 0) -> nn.Module:
