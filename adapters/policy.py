@@ -40,6 +40,7 @@ tanh-GELU of GPT-2, quick GELU)
 gelu, silu, mish                  their input, as vanilla                      exact
 mul of an activation's output     the other factor and the activation's        exact
 (Llama's ``SiLU(gate) * up``)     input; the output is recomputed from it
+                                  (compressed with ``activation_inputs``)
 scaled_dot_product_attention      query, key, value (and mask); recomputed,    exact
                                   dropout replayed from the generator state
 matmul of a dropout's output      the other factor, and the dropout's input    exact
@@ -716,15 +717,26 @@ class _GatedProductFunction(torch.autograd.Function):
     ``other`` (the product's): three tensors of the product's size; this
     keeps two. Exact, bit for bit: the recomputation runs the same op on the
     same input.
+
+    With ``store`` (``activation_inputs="compress"``, where the activation
+    keeps the method's form of ``gate``), the product keeps the stored forms
+    of ``other`` and of ``gate`` (the activation's own, shared), and
+    recomputes from the rebuilt ones: the gradients below become
+    approximate, as below the activation.
     """
 
     @staticmethod
-    def forward(ctx, activated, other, gate, act, session):  # type: ignore[override]
+    def forward(ctx, activated, other, gate, act, session, store=None):  # type: ignore[override]
         with _no_torch_function():
             out = activated * other
         ctx.act = act
-        token = _keep(None)
-        ctx.save_for_backward(other, gate, token)
+        if store is None:
+            token = _keep(None)
+            ctx.save_for_backward(other, gate, token)
+        else:
+            with _no_torch_function():
+                token = _keep((store(other), store(gate)))
+            ctx.save_for_backward(token)
         # Vanilla would keep the activation's output too: it counts among the originals while the product's state lives.
         session.hold_original(token, activated, "activation_inputs")
         return out
@@ -732,14 +744,19 @@ class _GatedProductFunction(torch.autograd.Function):
     @staticmethod
     @_first_order
     def backward(ctx, grad):  # type: ignore[override]
-        other, gate, _ = ctx.saved_tensors
+        saved = ctx.saved_tensors
+        if len(saved) == 3:
+            other, gate, _ = saved
+        else:
+            with _no_torch_function():
+                other, gate = (p.unpack().to(p.dtype) for p in _kept(saved[0]))
         grad_activated = grad_other = None
         with _no_torch_function():
             if ctx.needs_input_grad[0]:
                 grad_activated = grad * other
             if ctx.needs_input_grad[1]:
                 grad_other = grad * ctx.act(gate)
-        return grad_activated, grad_other, None, None, None
+        return grad_activated, grad_other, None, None, None, None
 
 
 class _RecomputedLeftMatmul(torch.autograd.Function):
@@ -1119,8 +1136,7 @@ class Session:
                 return recompute(self, fn, (x, *params), "norm", compress=compress, exact_inputs=len(params))
             compress = self.activation_inputs == "compress"
             out = recompute(self, forward, (x,), "activation", compress=compress)
-            if not compress:
-                self.note_activation(out, x, forward)  # kept raw by the chain: a product may recompute the output
+            self.note_activation(out, x, forward)  # x kept (or its stored form): a product may recompute the output
             return out
 
         return run
@@ -1577,8 +1593,9 @@ def _activation(session: Session, func, args, kwargs):
         return func(x_, *rest, **options)
 
     if session.activation_inputs == "compress":
-        return recompute(session, act, (x,), "activation", compress=True)
-    out = session.call(func, args, kwargs, "activation_inputs")
+        out = recompute(session, act, (x,), "activation", compress=True)
+    else:
+        out = session.call(func, args, kwargs, "activation_inputs")
     session.note_activation(out, x, act)
     return out
 
@@ -1595,8 +1612,13 @@ def _product(session: Session, func, args, kwargs):
             and activated.dtype == other.dtype and other.is_floating_point()
         ):
             gate, act = found
+            store = None
+            if session.activation_inputs == "compress":
+                # The activation stored gate in the method's form: the same storer finds that form again.
+                _, name, compressor = session._layer("activation")
+                store = session.storer(name, compressor, "activation_inputs", record=False)
             # a * b and b * a are the same numbers (IEEE products commute), whichever factor is the activation.
-            return session.call(_GatedProductFunction.apply, (activated, other, gate, act, session), {}, "activation_inputs")
+            return session.call(_GatedProductFunction.apply, (activated, other, gate, act, session, store), {}, "activation_inputs")
     return session.call(func, args, kwargs, "other")
 
 

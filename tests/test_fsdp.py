@@ -255,3 +255,48 @@ def test_fsdp_replicas_follow_the_unsharded_training_under_compression(tmp_path)
     assert result["layers"] == DECOMPOSED
     assert all(len(ranks) == STEPS and None not in ranks for ranks in result["ranks"].values()), result["ranks"]
     assert result["ratio"] > 1.0
+
+
+def _llama_worker(rank: int) -> dict:
+    """A Llama-architecture model from a config, each decoder layer and the root sharded: its RMSNorm modules are
+    recomputed in backward from their inputs, reading the gathered weight of the forward."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=TOKENS,
+    )
+    model = transformers.LlamaForCausalLM(config).to(DTYPE).train()
+    plain = copy.deepcopy(model)
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    batches = [torch.randint(0, 64, (BATCH, TOKENS), generator=torch.Generator().manual_seed(10 + r)) for r in range(WORLD_SIZE)]
+    reference_loss = sum(plain(input_ids=t, labels=t).loss for t in batches) / WORLD_SIZE
+    reference_loss.backward()
+    reference = {name: p.grad.detach().clone() for name, p in plain.named_parameters()}
+
+    tokens = batches[rank]
+    model.zero_grad(set_to_none=True)
+    ctx = compress_activations(model, "vanilla")
+    with ctx:
+        loss = model(input_ids=tokens, labels=tokens).loss
+    loss.backward()
+    grads = _full_grads(model)
+    norms = sorted(name for name, m in model.named_modules() if type(m).__name__ == "LlamaRMSNorm")
+    return {
+        "diff": {name: float((grads[name] - reference[name]).abs().max()) for name in reference},
+        "norms": norms,
+        "norm_held": ctx.stats.held_breakdown["norm_inputs"]["held_bytes"],
+        "norm_original": ctx.stats.held_breakdown["norm_inputs"]["original_bytes"],
+    }
+
+
+def test_fsdp_llama_rms_norms_are_recomputed_with_the_gathered_weights(tmp_path):
+    pytest.importorskip("transformers", reason="needs the optional 'hf' extra (transformers)")
+    result = _spawn(tmp_path, _llama_worker)
+    assert len(result["norms"]) == 5
+    # The policy with nothing decomposed, sharded, equals plain autograd unsharded (the RMSNorm weights included).
+    assert max(result["diff"].values()) < TOL, result["diff"]
+    assert 0 < result["norm_held"] < result["norm_original"]

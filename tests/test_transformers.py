@@ -502,6 +502,31 @@ def test_compressing_every_input_at_eps_one_equals_vanilla(lora):
     assert _rel(got_in, ref_in) < 1e-10
 
 
+def test_llama_compressing_every_input_at_eps_one_equals_vanilla():
+    model, tokens = _llama(), _tokens()
+    _, ref, ref_in = _llama_grads(model, tokens)
+    _, got, got_in = _llama_grads(model, tokens, compress_activations(model, "hosvd", eps=1.0, **ALL_INPUTS))
+    assert set(got) == set(ref)
+    assert max(_rel(got[n], ref[n]) for n in ref) < 1e-10 and _rel(got_in, ref_in) < 1e-10
+
+
+@pytest.mark.parametrize("method, kwargs", [("hosvd", {"eps": 0.5}), ("quant8", {})])
+def test_llama_gated_product_keeps_stored_forms_when_activation_inputs_are_compressed(method, kwargs):
+    """SiLU(gate) * up with activation_inputs="compress": the product keeps the stored forms of up and of the gate
+    (the activation's own), never SiLU's output or up raw."""
+    model, tokens = _llama(torch.float32), _tokens()
+    exact = compress_activations(model, method, **kwargs)
+    _llama_grads(model, tokens, exact)
+    ctx = compress_activations(model, method, **kwargs, activation_inputs="compress")
+    loss, got, got_in = _llama_grads(model, tokens, ctx)
+    held, exact_held = ctx.stats.held_breakdown, exact.stats.held_breakdown
+    assert held["other"]["held_bytes"] == exact_held["other"]["held_bytes"]  # nothing of the MLP falls back to vanilla
+    # Exact: the gate and up raw (B x T x 64 each, two layers); compressed: less.
+    assert exact_held["activation_inputs"]["held_bytes"] == 2 * 2 * B * T * 64 * 4
+    assert held["activation_inputs"]["held_bytes"] < exact_held["activation_inputs"]["held_bytes"]
+    assert all(torch.isfinite(g).all() for g in got.values()) and torch.isfinite(got_in).all()
+
+
 @pytest.mark.parametrize("option", ["activation_inputs", "attention_inputs"])
 def test_a_compressed_input_is_decomposed_counted_and_changes_only_gradients_below_it(option):
     model, tokens = _gpt2(dtype=torch.float32), _tokens()
