@@ -66,7 +66,10 @@ class compress_activations(torch.autograd.graph.saved_tensors_hooks):
     - the data input of each selected conv or linear layer is decomposed
       with ``method`` at energy ``eps``; its weight gradient is computed from
       the decomposition, its input gradient needs only the weight and stays
-      exact. A layer whose weight is frozen keeps nothing of its input;
+      exact. A layer whose weight is frozen keeps nothing of its input, nor
+      does a layer reading an activation's output (GELU, SiLU, GPT-2's
+      tanh-GELU, Llama's ``SiLU(gate) * up``) whose inputs those ops keep
+      raw anyway: its input is recomputed from them in backward, exactly;
     - ReLU, ReLU6/Hardtanh/clamp, LeakyReLU, threshold and dropout keep a
       1-bit mask, max pooling its indices in the narrowest integer type:
       their gradients are the vanilla ones, bit for bit (``masks=False``

@@ -15,6 +15,10 @@ conv1d/2d/3d, linear (selected)   the method's decomposition of the input;    in
                                   nothing when the weight is frozen            weight approx.
 conv, linear (frozen weight)      nothing (the input gradient needs the        exact
                                   weight only)
+conv, linear reading the output   nothing: the input is recomputed in          exact
+of an activation, a gated         backward from what those ops keep anyway
+product or a dropout whose        (before any decomposition: no bytes, no
+inputs other ops keep raw         error)
 relu, relu_, F.relu, Tensor.relu  1-bit sign of the output                     exact
 hardtanh, relu6, clamp, clip      1-bit "inside the range" of the input        exact
 leaky_relu                        1-bit sign of the input                      exact
@@ -571,6 +575,25 @@ def _check_version(t: torch.Tensor, version: int, what: str) -> None:
             "one of the variables needed for gradient computation has been modified by an inplace operation: "
             f"{what} of shape {tuple(t.shape)} is at version {t._version}; expected version {version} instead"
         )
+
+
+class _Recomputed:
+    """A tensor recomputed in backward, ``fn(*inputs)``, from tensors other ops keep anyway (a :class:`Packed`
+    result of no bytes of its own); an in-place change of an input since raises, as autograd would."""
+
+    nbytes = 0
+    rank = None
+
+    def __init__(self, fn: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...]) -> None:
+        self.fn = fn
+        self.inputs = tuple(t.detach() for t in inputs)  # aliases: the same data and version counter, no graph
+        self.versions = tuple(t._version for t in inputs)
+
+    def to_tensor(self) -> torch.Tensor:
+        for t, version in zip(self.inputs, self.versions):
+            _check_version(t, version, "an input of a recomputed layer input")
+        with torch.no_grad(), _no_torch_function():
+            return self.fn(*self.inputs)
 
 
 class _LayerNormFunction(torch.autograd.Function):
@@ -1136,7 +1159,7 @@ class Session:
                 return recompute(self, fn, (x, *params), "norm", compress=compress, exact_inputs=len(params))
             compress = self.activation_inputs == "compress"
             out = recompute(self, forward, (x,), "activation", compress=compress)
-            self.note_activation(out, x, forward)  # x kept (or its stored form): a product may recompute the output
+            self.note_activation(out, (x,), forward)  # x kept (or its stored form): a later op may recompute the output
             return out
 
         return run
@@ -1278,14 +1301,23 @@ class Session:
                 kept.hold = ledger.hold_raw(kept.x, "norm_inputs")
 
     # -- activation outputs a product may recompute (see _GatedProductFunction) --
-    def note_activation(self, out: torch.Tensor, gate: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        """``out = act(gate)``, with ``gate`` kept by the activation: a product reading ``out`` may recompute it."""
-        self._activated[id(out)] = (weakref.ref(out), out._version, gate, act)
+    def note_activation(self, out: torch.Tensor, inputs: tuple[torch.Tensor, ...], fn: Callable[..., torch.Tensor]) -> None:
+        """``out = fn(*inputs)`` (an activation, a dropout, a gated product), with ``inputs`` kept by the op that
+        made ``out`` (or their stored forms): a later op reading ``out`` may recompute it instead of keeping it."""
+        self._activated[id(out)] = (weakref.ref(out), out._version, inputs, fn)
 
-    def activation_of(self, t: torch.Tensor) -> tuple | None:
-        """``(gate, act)`` if ``t`` is an unchanged activation output noted in this step."""
-        entry = self._activated.get(id(t))
-        if entry is None or entry[0]() is not t or t._version != entry[1]:
+    def activation_of(self, t: torch.Tensor, *, reshaped: bool = False) -> tuple | None:
+        """``(inputs, fn)`` if ``t`` is an unchanged output noted in this step; with ``reshaped``, also if ``t``
+        is a view holding all of such an output in its order (GPT-2's Conv1D reads ``x.view(-1, D)``)."""
+        out = t
+        base = t._base
+        if (
+            reshaped and id(t) not in self._activated and base is not None and t.numel() == base.numel()
+            and t.storage_offset() == base.storage_offset() and t.is_contiguous() and base.is_contiguous()
+        ):
+            out = base
+        entry = self._activated.get(id(out))
+        if entry is None or entry[0]() is not out or out._version != entry[1]:
             return None
         return entry[2], entry[3]
 
@@ -1367,6 +1399,14 @@ class Session:
                     packed.recorded = True
                     self.memory.record(name, original_bytes=packed.original_nbytes, stored_bytes=packed.nbytes, rank=packed.rank)
                 return packed
+        if raw is None and category == "layer_inputs" and (found := self.activation_of(original, reshaped=True)):
+            # Recomputed from what other ops keep anyway, if they keep all it needs: no bytes, exact, and cheaper
+            # than a decomposition (which it makes redundant, as a raw keeper does).
+            recomputed = self._recomputed_input(original, found, name, category, record and eligible)
+            if recomputed is not None:
+                if src is not None and eligible:
+                    src.cache[key] = weakref.ref(recomputed)
+                return recomputed
         if not eligible or raw is not None:
             packed = Packed(x)  # exact: held raw, by this saver or another one (Rule 3)
         else:
@@ -1390,6 +1430,29 @@ class Session:
             else:
                 self._hold_packed(packed, original, category, vanilla_keeps)
                 src.cache[key] = weakref.ref(packed)
+        return packed
+
+    def _recomputed_input(self, x: torch.Tensor, found: tuple, name: str, category: str, record: bool) -> Packed | None:
+        """A layer input recomputed in backward from tensors other ops keep raw anyway (an activation's input,
+        a gated product's factors): nothing of its own is kept, and the layer's gradient is exact. It takes
+        the place of a decomposition, as a raw keeper does (Rule 3): no bytes, no error, and cheaper.
+
+        GPT-2's ``c_proj`` reads the GELU chain's output, which the chain
+        recomputes from its kept input; Llama's ``down_proj`` reads
+        ``SiLU(gate) * up``, whose factors the product keeps. ``None`` where
+        some of those tensors is not kept raw (a stored form instead).
+        """
+        ledger = self.ledger
+        inputs, fn = found
+        if ledger is None or not all(HeldLedger.raw_tensor(ledger.source(t)) is not None for t in inputs):
+            return None
+        packed = Packed(x, _Recomputed(fn, inputs))
+        # They stay alive with it: counted as kept raw (each storage once, with the op that keeps it already).
+        packed.hold = [ledger.hold_raw(t, category) for t in inputs]
+        self._hold_packed(packed, x, category)  # no bytes of its own; x counts among what vanilla keeps
+        if record:
+            packed.recorded = True
+            self.memory.record(name, original_bytes=packed.original_nbytes, stored_bytes=0, rank=None)
         return packed
 
     def _hold_packed(self, packed: Packed, original: torch.Tensor, category: str, vanilla_keeps: bool = True) -> None:
@@ -1596,7 +1659,7 @@ def _activation(session: Session, func, args, kwargs):
         out = recompute(session, act, (x,), "activation", compress=True)
     else:
         out = session.call(func, args, kwargs, "activation_inputs")
-    session.note_activation(out, x, act)
+    session.note_activation(out, (x,), act)
     return out
 
 
@@ -1608,18 +1671,31 @@ def _product(session: Session, func, args, kwargs):
     for activated, other in ((a, b), (b, a)):
         found = session.activation_of(activated)
         if (
-            found is not None and other is not activated and activated.shape == other.shape
+            found is not None and len(found[0]) == 1 and other is not activated and activated.shape == other.shape
             and activated.dtype == other.dtype and other.is_floating_point()
         ):
-            gate, act = found
+            (gate,), act = found
             store = None
             if session.activation_inputs == "compress":
                 # The activation stored gate in the method's form: the same storer finds that form again.
                 _, name, compressor = session._layer("activation")
                 store = session.storer(name, compressor, "activation_inputs", record=False)
             # a * b and b * a are the same numbers (IEEE products commute), whichever factor is the activation.
-            return session.call(_GatedProductFunction.apply, (activated, other, gate, act, session, store), {}, "activation_inputs")
+            out = session.call(_GatedProductFunction.apply, (activated, other, gate, act, session, store), {}, "activation_inputs")
+            if store is None:
+                # Both factors' sources are kept raw: the next layer may recompute the product from them.
+                session.note_activation(out, (other, gate), _gated(act))
+            return out
     return session.call(func, args, kwargs, "other")
+
+
+def _gated(act: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The product of :class:`_GatedProductFunction` from its kept tensors, with the ops of its forward."""
+
+    def product(other: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        return act(gate) * other
+
+    return product
 
 
 def _mask_op(
@@ -1697,7 +1773,7 @@ def _dropout(session: Session, func, args, kwargs):
     # Vanilla keeps a mask of its own: bool on accelerators, the scaled float noise on the CPU.
     session.hold_original(bits, out, "masks", bits.shape.numel() * (x.element_size() if x.device.type == "cpu" else 1))
     if readable:
-        session.note_activation(out, x, _dropped(bits, 1.0 / (1.0 - float(p))))
+        session.note_activation(out, (x,), _dropped(bits, 1.0 / (1.0 - float(p))))
     return out
 
 
@@ -1717,10 +1793,10 @@ def _matmul(session: Session, func, args, kwargs):
     a, b = args
     found = session.activation_of(a)
     if (
-        found is not None and b is not a and a.dim() == b.dim() >= 3 and a.shape[:-2] == b.shape[:-2]
+        found is not None and len(found[0]) == 1 and b is not a and a.dim() == b.dim() >= 3 and a.shape[:-2] == b.shape[:-2]
         and a.dtype == b.dtype and b.is_floating_point()
     ):
-        gate, act = found
+        (gate,), act = found
         return session.call(_RecomputedLeftMatmul.apply, (a, b, gate, act, session), {}, "attention_inputs")
     return session.call(func, args, kwargs, "other")
 

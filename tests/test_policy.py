@@ -993,3 +993,45 @@ def test_a_gated_product_whose_activation_output_changed_in_place_is_vanilla():
     out.square().sum().backward()
     for name, p in model.named_parameters():
         assert torch.allclose(p.grad, expected[name], rtol=1e-12, atol=1e-13), name
+
+
+def _gelu_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.Linear(64, 8)).double()
+
+
+@pytest.mark.parametrize("method, kwargs", [("vanilla", {}), ("hosvd", {"eps": 0.5})])
+def test_a_layer_reading_an_activation_output_recomputes_it_from_the_kept_input(method, kwargs):
+    """The GELU keeps its input anyway: the next layer keeps nothing of its own and recomputes the GELU's output
+    in backward, so its weight gradient is exact even where the method decomposes the other layers."""
+    model = _gelu_mlp()
+    x = _leaf(32, 16)
+    expected = _all_grads(model, x)
+    ctx = compress_activations(model, method, min_numel=1, **kwargs)
+    got = _all_grads(model, x, ctx)
+    assert torch.equal(got["2.weight"], expected["2.weight"]) and torch.equal(got["<input>"], expected["<input>"])
+    layer = ctx.stats.per_layer["2"]
+    assert layer["peak_bytes"] == 0 < layer["original_bytes"] and layer["ranks"] == [None]
+    # The step holds the GELU's input, what the first layer stores of x, and nothing for the last layer.
+    assert ctx.stats.held_bytes == 32 * 64 * 8 + ctx.stats.per_layer["0"]["peak_bytes"]
+
+
+def test_a_layer_reading_a_compressed_activation_decomposes_its_own_input():
+    model = _gelu_mlp()
+    x = _leaf(32, 16)
+    ctx = compress_activations(model, "hosvd", eps=0.5, min_numel=1, activation_inputs="compress")
+    _all_grads(model, x, ctx)
+    # The GELU keeps a decomposition of its input, not the input: the last layer decomposes what it reads.
+    assert ctx.stats.per_layer["2"]["peak_bytes"] > 0
+
+
+def test_a_recomputed_layer_input_raises_when_its_source_changed_in_place():
+    model = _gelu_mlp()
+    x = _leaf(32, 16)
+    ctx = compress_activations(model, "vanilla", min_numel=1)
+    with ctx:
+        h = model[0](x)
+        out = model[2](F.gelu(h))
+        h.mul_(2.0)  # vanilla raises too: the GELU saved h
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
