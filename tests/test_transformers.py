@@ -43,18 +43,23 @@ def _tokens(seed: int = 1) -> torch.Tensor:
     return torch.randint(0, VOCAB, (B, T), generator=torch.Generator().manual_seed(seed))
 
 
-def _grads(model: nn.Module, tokens: torch.Tensor, ctx=None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Parameter gradients and the gradient with respect to the input embeddings."""
-    model.zero_grad(set_to_none=True)
-    torch.manual_seed(123)  # the same dropout masks in every run
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    embeds = base.transformer.wte(tokens).detach().requires_grad_(True)
+def _step(model: nn.Module, embeds: torch.Tensor, tokens: torch.Tensor, ctx=None) -> torch.Tensor:
+    """One forward from ``embeds`` (inside ``ctx`` if given) and backward; the loss."""
     if ctx is None:
         loss = model(inputs_embeds=embeds, labels=tokens).loss
     else:
         with ctx:
             loss = model(inputs_embeds=embeds, labels=tokens).loss
     loss.backward()
+    return loss.detach()
+
+
+def _grads(model: nn.Module, tokens: torch.Tensor, ctx=None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Parameter gradients and the gradient with respect to the input embeddings."""
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(123)  # the same dropout masks in every run
+    embeds = model.get_input_embeddings()(tokens).detach().requires_grad_(True)
+    _step(model, embeds, tokens, ctx)
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, embeds.grad.clone()
 
 
@@ -277,28 +282,10 @@ def test_sdpa_keeps_its_inputs_only_and_replays_its_dropout(mask):
 @pytest.mark.parametrize("eps", [1.0, 0.5])
 def test_llama_architecture_gradients_outside_the_decomposed_weights_are_exact(eps):
     """A Llama-architecture model from a config (RMSNorm, rotary embeddings, grouped-query SDPA, SiLU * mul)."""
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=T,
-    )
-    model = transformers.LlamaForCausalLM(config).double().train()
-    tokens = _tokens()
-
-    def grads(ctx=None):
-        model.zero_grad(set_to_none=True)
-        embeds = model.model.embed_tokens(tokens).detach().requires_grad_(True)
-        if ctx is None:
-            loss = model(inputs_embeds=embeds, labels=tokens).loss
-        else:
-            with ctx:
-                loss = model(inputs_embeds=embeds, labels=tokens).loss
-        loss.backward()
-        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, embeds.grad.clone()
-
-    ref, ref_in = grads()
+    model, tokens = _llama(), _tokens()
+    ref, ref_in = _grads(model, tokens)
     ctx = compress_activations(model, "hosvd", eps=eps)
-    got, got_in = grads(ctx)
+    got, got_in = _grads(model, tokens, ctx)
     decomposed = set() if eps == 1.0 else {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     exact = [n for n in ref if n not in decomposed]
     assert exact  # the RMSNorm weights at least
@@ -377,17 +364,13 @@ def _llama(dtype=torch.float64, seed: int = 0) -> nn.Module:
 
 
 def _llama_grads(model, tokens, ctx=None):
+    """The loss, parameter gradients and input-embedding gradient; the embeddings are not a leaf, so the first
+    norm's input is counted like every other norm's."""
     model.zero_grad(set_to_none=True)
-    # Not a leaf: the first norm's input is then counted like every other norm's.
-    embeds = model.model.embed_tokens(tokens).detach().requires_grad_(True) * 1.0
+    embeds = model.get_input_embeddings()(tokens).detach().requires_grad_(True) * 1.0
     embeds.retain_grad()
-    if ctx is None:
-        loss = model(inputs_embeds=embeds, labels=tokens).loss
-    else:
-        with ctx:
-            loss = model(inputs_embeds=embeds, labels=tokens).loss
-    loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, embeds.grad.clone()
+    loss = _step(model, embeds, tokens, ctx)
+    return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, embeds.grad.clone()
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
