@@ -135,8 +135,9 @@ class compress_activations(torch.autograd.graph.saved_tensors_hooks):
         What training-mode BatchNorm, LayerNorm, GroupNorm and RMSNorm
         (``F.rms_norm`` and ``transformers``' RMSNorm modules) keep: their
         input exactly, or the method's decomposition of it (rebuilt in
-        backward: the gradients of the norm's parameters and of everything
-        below it change). Evaluation-mode BatchNorm is not affected.
+        backward, an RMSNorm's with each row's true root mean square: the
+        gradients of the norm's parameters and of everything below it
+        change). Evaluation-mode BatchNorm is not affected.
     activation_inputs : {"exact", "compress"}, default "exact"
         What GELU, SiLU, Mish and the activation chains of
         ``transformers.activations`` keep: their input exactly, or the

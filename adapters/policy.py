@@ -829,14 +829,16 @@ def _set_rng_state(device: torch.device, state: torch.Tensor) -> None:
 
 def recompute(
     session: Session, fn: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...], op: str, *,
-    compress: bool, rng: bool = False, exact_inputs: int = 0,
+    compress: bool, rng: bool = False, exact_inputs: int = 0, rms_dims: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
     """``fn(*inputs)`` as :class:`_RecomputeFunction`, keeping its inputs raw or, with ``compress``, decomposed.
 
     ``op`` (``"activation"``, ``"attention"`` or ``"norm"``) names the ledger's
     category (``activation_inputs``/``attention_inputs``/``norm_inputs``) and, with the running
     module's name, the stored forms; the last ``exact_inputs`` inputs (an
-    attention mask) are always kept as they are.
+    attention mask, a norm's weight) are always kept as they are. With
+    ``rms_dims`` (an RMS norm over those dimensions), a decomposed first input
+    is rebuilt with its true root mean square over them (:class:`_RowScaled`).
     """
     category = f"{op}_inputs"
     stores = None
@@ -845,10 +847,51 @@ def recompute(
         store = session.storer(name, compressor, category, record=False)
         n = len(inputs) - exact_inputs
         stores = tuple(store if i < n else None for i in range(len(inputs)))
+        if rms_dims is not None:
+            stores = (_row_scaled(session, store, category, rms_dims), *stores[1:])
     elif any(sparse := _sparse_views(session, inputs)):
         copy = session.copy_storer(category)
         stores = tuple(copy if s else None for s in sparse)
     return session.call(_RecomputeFunction.apply, (fn, session, rng, stores, category, *inputs), {}, category)
+
+
+class _RowScaled:
+    """A stored norm input, rebuilt with the root mean square of each row (over ``dims``) set back to the true
+    input's, kept as one number a row (in float32, or float64 for a float64 input).
+
+    An RMS norm divides by its input's root mean square. Recomputed from a
+    truncated rebuild, whose rows can lose most of their energy, it would
+    divide by the rebuild's own, far smaller one and blow its gradient up
+    (10^4-fold at ``eps`` 0.5 on a random-init Llama); with the true scale the
+    error is only the rebuild's direction, as with the statistics a
+    LayerNorm keeps. A row rebuilt as exactly zero stays zero.
+    """
+
+    __slots__ = ("packed", "dtype", "dims", "mean_square", "nbytes", "__weakref__")
+
+    def __init__(self, packed: Packed, x: torch.Tensor, dims: tuple[int, ...]) -> None:
+        self.packed = packed
+        self.dtype = packed.dtype
+        self.dims = dims
+        accumulate = torch.promote_types(x.dtype, torch.float32)
+        self.mean_square = x.detach().to(accumulate).square().mean(dims, keepdim=True)
+        self.nbytes = self.mean_square.numel() * self.mean_square.element_size()
+
+    def unpack(self) -> torch.Tensor:
+        x = self.packed.unpack().to(self.mean_square.dtype)
+        mean_square = x.square().mean(self.dims, keepdim=True)
+        tiny = torch.finfo(mean_square.dtype).tiny
+        scale = torch.where(mean_square > 0, (self.mean_square / mean_square.clamp_min(tiny)).sqrt(), 0.0)
+        return (x * scale).to(self.dtype)
+
+
+def _row_scaled(session: Session, store: Callable[[torch.Tensor], Packed], category: str, dims: tuple[int, ...]) -> Callable[[torch.Tensor], _RowScaled]:
+    def row_scaled(x: torch.Tensor) -> _RowScaled:
+        kept = _RowScaled(store(x), x, dims)
+        session.hold_virtual(kept, category, held=kept.nbytes)  # the stored form counts itself; this, the scales
+        return kept
+
+    return row_scaled
 
 
 def _sparse_views(session: Session, inputs: tuple[torch.Tensor, ...]) -> list[bool]:
@@ -1156,7 +1199,7 @@ class Session:
                 params = tuple(getattr(module, name) for name in names)
                 fn = _with_parameters(module, forward, names)
                 compress = self.norm_inputs == "compress"
-                return recompute(self, fn, (x, *params), "norm", compress=compress, exact_inputs=len(params))
+                return recompute(self, fn, (x, *params), "norm", compress=compress, exact_inputs=len(params), rms_dims=(-1,))
             compress = self.activation_inputs == "compress"
             out = recompute(self, forward, (x,), "activation", compress=compress)
             self.note_activation(out, (x,), forward)  # x kept (or its stored form): a later op may recompute the output
@@ -1889,7 +1932,10 @@ def _rms_norm(session: Session, func, args, kwargs):
 
     # Recomputed from its input (vanilla keeps the normalised input too, or the reciprocal rms on fused kernels).
     inputs = (x,) if weight is None else (x, weight)
-    return recompute(session, fn, inputs, "norm", compress=session.norm_inputs == "compress", exact_inputs=len(inputs) - 1)
+    dims = tuple(range(-(1 if isinstance(shape, int) else len(shape)), 0))
+    return recompute(
+        session, fn, inputs, "norm", compress=session.norm_inputs == "compress", exact_inputs=len(inputs) - 1, rms_dims=dims
+    )
 
 
 def _group_norm(session: Session, func, args, kwargs):

@@ -485,6 +485,17 @@ def test_compressing_every_input_at_eps_one_equals_vanilla(lora):
     assert _rel(got_in, ref_in) < 1e-10
 
 
+@pytest.mark.parametrize("eps", [0.9, 0.5, 0.3])
+def test_llama_compressed_rms_norm_inputs_keep_the_gradient_scale(eps):
+    """An RMS norm recomputed from a truncated rebuild divides by the rebuild's root mean square unless the true one
+    is kept: the input gradient then grew 10^3-10^4-fold. With it, the gradient keeps vanilla's scale."""
+    model, tokens = _llama(torch.float32), _tokens()
+    _, ref_in = _grads(model, tokens)
+    _, got_in = _grads(model, tokens, compress_activations(model, "hosvd", eps=eps, norm_inputs="compress"))
+    assert torch.isfinite(got_in).all()
+    assert 0.5 < float(got_in.norm() / ref_in.norm()) < 2.0
+
+
 def test_llama_compressing_every_input_at_eps_one_equals_vanilla():
     model, tokens = _llama(), _tokens()
     _, ref, ref_in = _llama_grads(model, tokens)
