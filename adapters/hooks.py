@@ -80,7 +80,8 @@ class compress_activations(torch.autograd.graph.saved_tensors_hooks):
     - normalisations in training mode keep their input exactly, unless
       ``norm_inputs="compress"`` (then the gradients below them change too);
       a LayerNorm whose output another op keeps raw keeps nothing of its
-      own and reads its input back from that output (exact up to rounding);
+      own and reads its input back from that output (exact up to rounding),
+      so a layer reading that output keeps it raw rather than decompose it;
       RMSNorm (``F.rms_norm`` and the elementwise RMSNorm modules of
       ``transformers``) keeps its input only and is recomputed in backward;
     - the elementwise activation chains of ``transformers`` (GPT-2's

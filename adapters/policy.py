@@ -33,7 +33,8 @@ group_norm, training mode         ``norm_inputs="compress"`` the method's
                                   decomposition, rebuilt in backward           approx. below
 layer_norm (default)              its output instead of its input where        exact up to
                                   another op keeps the output raw anyway       rounding
-                                  (nothing of its own then)
+                                  (nothing of its own then); a layer reading
+                                  that output keeps it raw, not decomposed
 rms_norm, RMSNorm modules of      their input only; recomputed in backward     exact
 ``transformers`` (Llama's)        (``norm_inputs="compress"``: decomposed)
 addmm(bias, x, W) (``transformers``  as linear, with the weight ``W.t()``          as linear
@@ -894,6 +895,18 @@ def _row_scaled(session: Session, store: Callable[[torch.Tensor], Packed], categ
     return row_scaled
 
 
+def _whole_view_base(t: torch.Tensor) -> torch.Tensor:
+    """The tensor ``t`` views, if ``t`` holds all of it in its order (a ``view``/``reshape``, as GPT-2's Conv1D
+    reads ``x.view(-1, D)``); else ``t``."""
+    base = t._base
+    if (
+        base is not None and t.numel() == base.numel() and t.storage_offset() == base.storage_offset()
+        and t.is_contiguous() and base.is_contiguous()
+    ):
+        return base
+    return t
+
+
 def _sparse_views(session: Session, inputs: tuple[torch.Tensor, ...]) -> list[bool]:
     """Which ``inputs`` to keep as contiguous copies: views that use less than 2/3 of a storage no op keeps raw.
 
@@ -1082,6 +1095,7 @@ class Session:
         self._op_counts: dict[str, int] = {}
         self._pending: dict[int, tuple] = {}
         self._layer_norms: list[tuple] = []
+        self._norm_outputs: dict[int, _LayerNormKept] = {}
         self._activated: dict[int, tuple] = {}
         self._category = "other"
         self._mode: _Mode | None = None
@@ -1096,6 +1110,7 @@ class Session:
         self._op_counts = {}
         self._frames = []
         self._layer_norms = []
+        self._norm_outputs = {}
         self._activated = {}
         if self.model is not None:
             self._excluded = {p for t in (*self.model.parameters(), *self.model.buffers()) if (p := storage_ptr(t))}
@@ -1322,8 +1337,28 @@ class Session:
         kept.y_version = out._version
         kept.note_weights(weight, bias)
         self._layer_norms.append(kept)
+        if kept.out is not None:
+            self._norm_outputs[id(out)] = kept
+
+    def read_by_layer_norm(self, t: torch.Tensor) -> bool:
+        """Whether ``t`` (or the tensor a view ``t`` holds whole) is the unchanged output of a LayerNorm of this
+        step that keeps its input: kept raw, the norm can read its input back from it and keep nothing.
+
+        A layer decomposing that output would hold the decomposition *and*
+        make the norm keep its input, one tensor of the same size: more than
+        the output alone, and approximate. (Whether the norm's weights let it
+        read the output is known at the end of the forward; it is assumed
+        here, as it holds for every weight that is not zero.)
+        """
+        out = _whole_view_base(t)
+        kept = self._norm_outputs.get(id(out))
+        return (
+            kept is not None and kept.x is not None and kept.out is not None and kept.out() is out
+            and out._version == kept.y_version
+        )
 
     def _resolve_layer_norms(self) -> None:
+        self._norm_outputs = {}
         pending, self._layer_norms = self._layer_norms, []
         ledger = self.ledger
         for kept in pending:
@@ -1352,13 +1387,7 @@ class Session:
     def activation_of(self, t: torch.Tensor, *, reshaped: bool = False) -> tuple | None:
         """``(inputs, fn)`` if ``t`` is an unchanged output noted in this step; with ``reshaped``, also if ``t``
         is a view holding all of such an output in its order (GPT-2's Conv1D reads ``x.view(-1, D)``)."""
-        out = t
-        base = t._base
-        if (
-            reshaped and id(t) not in self._activated and base is not None and t.numel() == base.numel()
-            and t.storage_offset() == base.storage_offset() and t.is_contiguous() and base.is_contiguous()
-        ):
-            out = base
+        out = _whole_view_base(t) if reshaped and id(t) not in self._activated else t
         entry = self._activated.get(id(out))
         if entry is None or entry[0]() is not out or out._version != entry[1]:
             return None
@@ -1450,8 +1479,9 @@ class Session:
                 if src is not None and eligible:
                     src.cache[key] = weakref.ref(recomputed)
                 return recomputed
-        if not eligible or raw is not None:
-            packed = Packed(x)  # exact: held raw, by this saver or another one (Rule 3)
+        if not eligible or raw is not None or (category == "layer_inputs" and self.read_by_layer_norm(original)):
+            # Exact: held raw, by this saver or another one (Rule 3), or read by a LayerNorm that then keeps nothing.
+            packed = Packed(x)
         else:
             index = self._counts.get(name, 0)
             self._counts[name] = index + 1

@@ -853,10 +853,28 @@ def test_layer_norm_reads_its_output_when_the_next_layer_keeps_it_raw():
     assert norm["original_bytes"] == stats_bytes + x.numel() * 8
 
 
-def test_layer_norm_keeps_its_input_when_the_next_layer_decomposes_it_or_a_weight_is_zero():
+def test_a_layer_reading_a_layer_norm_output_keeps_it_raw_for_the_norm_to_read():
+    """Decomposing the output would make the norm keep its input as well (one more tensor of the same size): the
+    layer keeps the output raw instead, the norm keeps only its statistics, and both gradients are exact."""
     x = _ln_input()
-    for eps, weight in ((0.5, None), (1.0, torch.cat([torch.zeros(1), torch.ones(15)]))):
-        model = _ln_net(weight)
+    model = _ln_net()
+    expected = _all_grads(model, x)
+    model.zero_grad()
+    ctx = compress_activations(model, "hosvd", eps=0.5, min_numel=1)
+    with ctx:
+        out = model(x * 1.0)  # not a leaf: the norm's input would count
+    out.square().sum().backward()
+    got = {n: p.grad for n, p in model.named_parameters()}
+    assert ctx.stats.held_breakdown["norm_inputs"]["held_bytes"] == 2 * 8 * 12 * 8  # mean and rstd only
+    assert ctx.stats.per_layer["1"]["ranks"] == [None]
+    for name in ("0.weight", "0.bias", "1.weight", "1.bias"):
+        assert torch.allclose(got[name], expected[name], rtol=1e-10, atol=1e-12), name
+
+
+def test_layer_norm_keeps_its_input_where_a_weight_is_zero():
+    x = _ln_input()
+    for eps in (0.5, 1.0):
+        model = _ln_net(torch.cat([torch.zeros(1), torch.ones(15)]))
         expected = _all_grads(model, x)
         model.zero_grad()
         ctx = compress_activations(model, "hosvd", eps=eps, min_numel=1)
@@ -865,9 +883,8 @@ def test_layer_norm_keeps_its_input_when_the_next_layer_decomposes_it_or_a_weigh
         out.square().sum().backward()
         got = {n: p.grad for n, p in model.named_parameters()}
         assert ctx.stats.held_breakdown["norm_inputs"]["held_bytes"] == 2 * 8 * 12 * 8 + x.numel() * 8
-        for name in ("0.weight", "0.bias"):  # the norm's own gradients are exact either way
-            if eps == 1.0:
-                assert torch.allclose(got[name], expected[name], rtol=1e-12, atol=1e-13), name
+        for name in ("0.weight", "0.bias", "1.weight"):  # the norm's and the next layer's gradients are exact
+            assert torch.allclose(got[name], expected[name], rtol=1e-12, atol=1e-13), name
 
 
 def test_layer_norm_output_changed_in_place_falls_back_to_the_input():
@@ -894,7 +911,7 @@ def test_layer_norm_output_changed_in_place_falls_back_to_the_input():
 
 
 def test_layer_norm_input_changed_in_place_raises_as_vanilla_does():
-    model = _ln_net()
+    model = _ln_net(torch.cat([torch.zeros(1), torch.ones(15)]))  # a zero weight: the norm keeps its input
     h = _ln_input()
     ctx = compress_activations(model, "hosvd", eps=0.5, min_numel=1)
     x = h * 1.0
