@@ -684,17 +684,21 @@ class _RecomputeFunction(torch.autograd.Function):
             detached = [x.detach().requires_grad_(x.requires_grad) for x in inputs]
             own = {storage_ptr(x) for x in inputs}
             counted: dict[int, int] = {}
+            alive: list[torch.Tensor] = []
 
             def count(t: torch.Tensor) -> None:
                 ptr = storage_ptr(t)
                 if ptr is not None and ptr not in own:
                     counted[ptr] = t.untyped_storage().nbytes()
-                # Nothing is kept: this graph never runs backward. (Keeping t would tie a tensor saved by
-                # its own node into a reference cycle through its grad_fn that outlives the step.)
+                    alive.append(t)  # until fn returns, so that no freed pointer is reused by its output
+                # The graph keeps nothing: it never runs backward. (Keeping t past this call would tie a tensor
+                # saved by its own node into a reference cycle through its grad_fn that outlives the step.)
 
             with torch.autograd.graph.saved_tensors_hooks(count, lambda _: None):
                 out = fn(*detached)
             out = out.detach()
+            keeps_output = counted.pop(storage_ptr(out), None) is not None
+            alive.clear()
         ctx.fn = fn
         ctx.stored = None
         token = _keep(None)
@@ -707,8 +711,11 @@ class _RecomputeFunction(torch.autograd.Function):
             # Inputs without a storer are saved as autograd saves them (counted by the pack hook).
             ctx.stored = tuple(p is not None for p in packed)
             ctx.save_for_backward(token, *(x for x, p in zip(inputs, packed) if p is None))
-        # What vanilla keeps besides the inputs (those are counted by the pack hook), released with the token.
+        # What vanilla keeps besides the inputs (those are counted by the pack hook), released with the token. The
+        # output, if fn keeps it (SDPA does), counts as its storage: once, with whichever later op keeps it too.
         session.hold_virtual(token, category, original=sum(counted.values()))
+        if keeps_output:
+            session.hold_original(token, out, category)
         return out
 
     @staticmethod
@@ -1422,9 +1429,9 @@ class Session:
         ptr = storage_ptr(t)
         return ptr is not None and ptr in self._excluded
 
-    def hold_compact(self, holder: Any, nbytes: int, category: str, source: torch.Tensor) -> None:
+    def hold_compact(self, holder: Any, nbytes: int, category: str, source: torch.Tensor, *, vanilla_keeps: bool = True) -> None:
         if self.ledger is not None:
-            self.ledger.hold_compact(holder, nbytes, category, source)
+            self.ledger.hold_compact(holder, nbytes, category, source, vanilla_keeps=vanilla_keeps)
 
     def hold_virtual(self, holder: Any, category: str, *, held: int = 0, original: int = 0) -> None:
         if self.ledger is not None:
@@ -1842,7 +1849,8 @@ def _dropout(session: Session, func, args, kwargs):
     readable = not inplace and ledger is not None and HeldLedger.raw_tensor(ledger.source(x)) is not None
     out = _DropoutFunction.apply(x, float(p), inplace, box)
     bits = box[0]
-    session.hold_compact(bits, bits.nbytes, "masks", out)
+    # Vanilla keeps its mask, not the output (counted below): the output's storage counts only where an op keeps it.
+    session.hold_compact(bits, bits.nbytes, "masks", out, vanilla_keeps=False)
     # Vanilla keeps a mask of its own: bool on accelerators, the scaled float noise on the CPU.
     session.hold_original(bits, out, "masks", bits.shape.numel() * (x.element_size() if x.device.type == "cpu" else 1))
     if readable:

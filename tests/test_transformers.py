@@ -306,6 +306,29 @@ def test_attention_keeps_its_query_key_value_and_not_the_fused_projection_output
     assert ctx.stats.held_breakdown["attention_inputs"]["held_bytes"] == 2 * qkv  # two layers
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_held_original_bytes_do_not_depend_on_the_policy(dropout):
+    """What plain autograd would keep is a property of the step, not of the policy; without dropout it equals an
+    independent census of plain autograd's saved tensors."""
+    from benchmarks._census import SavedCensus
+
+    model, tokens = _gpt2(dtype=torch.float32, dropout=dropout), _tokens()
+    census = SavedCensus(model)
+    with census:
+        model(input_ids=tokens, labels=tokens)
+    originals = set()
+    for method, kwargs in (("vanilla", {}), ("hosvd", {"eps": 0.5}), ("hosvd", {"eps": 1.0, **ALL_INPUTS})):
+        ctx = compress_activations(model, method, **kwargs)
+        torch.manual_seed(2)
+        with ctx:
+            loss = model(input_ids=tokens, labels=tokens).loss
+        loss.backward()
+        originals.add(ctx.stats.held_original_bytes)
+    assert len(originals) == 1, originals
+    if dropout == 0.0:
+        assert originals == {census.nbytes}
+
+
 def _eager_attention(q, k, v, p=0.3):
     """Attention as transformers' eager implementations write it: matmul, softmax, dropout, matmul."""
     scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
