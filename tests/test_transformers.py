@@ -544,6 +544,46 @@ def test_llama_gated_product_keeps_stored_forms_when_activation_inputs_are_compr
     assert all(torch.isfinite(g).all() for g in got.values()) and torch.isfinite(got_in).all()
 
 
+class _ExactCompact:
+    """A stored form that rebuilds its input exactly while claiming one byte: it makes every rebuild path run."""
+
+    nbytes = 1
+    rank = (1,)
+    explained_variance = 1.0
+
+    def __init__(self, x):
+        self.x = x.clone()
+
+    def to_tensor(self):
+        return self.x.clone()
+
+
+@pytest.fixture
+def exact_compact():
+    import tensorcomp
+    from tensorcomp import registry
+
+    tensorcomp.register("test_exact_compact", lambda x, eps=None: _ExactCompact(x), uses_eps=False)
+    yield "test_exact_compact"
+    registry._METHODS.pop("test_exact_compact", None)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_every_rebuild_path_is_exact_when_the_stored_form_is(arch, exact_compact):
+    """At eps 1 every form is as large as its input and is kept raw, so no rebuild runs. A stored form that rebuilds
+    exactly runs them all (layer inputs, norms with their statistics or row scales, activations, attention, the gated
+    product): the gradients must then be plain autograd's."""
+    model = _gpt2(dropout=0.1) if arch == "gpt2" else _llama()
+    tokens = _tokens()
+    ref, ref_in = _grads(model, tokens)
+    ctx = compress_activations(model, exact_compact, **ALL_INPUTS)
+    got, got_in = _grads(model, tokens, ctx)
+    held = ctx.stats.held_breakdown
+    assert all(held[c]["held_bytes"] < held[c]["original_bytes"] for c in ("norm_inputs", "activation_inputs", "attention_inputs"))
+    assert any(r == (1,) for record in ctx.stats.per_layer.values() for r in record["ranks"])  # layers stored it too
+    assert max(_rel(got[n], ref[n]) for n in ref) < 1e-10 and _rel(got_in, ref_in) < 1e-10
+
+
 @pytest.mark.parametrize("option", ["activation_inputs", "attention_inputs"])
 def test_a_compressed_input_is_decomposed_counted_and_changes_only_gradients_below_it(option):
     model, tokens = _gpt2(dtype=torch.float32), _tokens()
