@@ -740,14 +740,18 @@ class _RecomputeFunction(torch.autograd.Function):
         return (None, None, None, None, None, *(next(grads) if x.requires_grad else None for x in detached))
 
 
-class _GatedProductFunction(torch.autograd.Function):
-    """``act(gate) * other`` (Llama's ``SiLU(gate) * up``) where ``act(gate)`` comes from an activation that keeps
-    ``gate`` anyway: the product keeps ``other`` and a reference to ``gate``, and recomputes ``act(gate)`` in backward.
+class _RecomputedFactorFunction(torch.autograd.Function):
+    """``act(gate) * other`` or ``act(gate) @ other`` where ``act(gate)`` was noted by the op that made it with
+    ``gate`` kept anyway: the product keeps ``other`` and a reference to ``gate``, and recomputes ``act(gate)`` in
+    backward. Exact, bit for bit: the recomputation runs the same ops on the same input.
 
-    Vanilla keeps ``gate`` (the activation's), and ``act(gate)`` and
-    ``other`` (the product's): three tensors of the product's size; this
-    keeps two. Exact, bit for bit: the recomputation runs the same op on the
-    same input.
+    - Llama's ``SiLU(gate) * up``: vanilla keeps ``gate`` (the activation's),
+      and ``act(gate)`` and ``other`` (the product's): three tensors of the
+      product's size; this keeps two.
+    - Eager attention's ``dropout(softmax(s)) @ v``: vanilla keeps the
+      softmax's output, and the dropped probabilities and ``v``: two tensors
+      of the attention's ``T x T`` size where this keeps one (``act`` redraws
+      nothing: it applies the dropout's kept bits).
 
     With ``store`` (``activation_inputs="compress"``, where the activation
     keeps the method's form of ``gate``), the product keeps the stored forms
@@ -757,10 +761,11 @@ class _GatedProductFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, activated, other, gate, act, session, store=None):  # type: ignore[override]
+    def forward(ctx, activated, other, gate, act, matmul, category, session, store):  # type: ignore[override]
         with _no_torch_function():
-            out = activated * other
+            out = torch.matmul(activated, other) if matmul else activated * other
         ctx.act = act
+        ctx.matmul = matmul
         if store is None:
             token = _keep(None)
             ctx.save_for_backward(other, gate, token)
@@ -768,8 +773,8 @@ class _GatedProductFunction(torch.autograd.Function):
             with _no_torch_function():
                 token = _keep((store(other), store(gate)))
             ctx.save_for_backward(token)
-        # Vanilla would keep the activation's output too: it counts among the originals while the product's state lives.
-        session.hold_original(token, activated, "activation_inputs")
+        # Vanilla would keep act(gate) too: it counts among the originals while the product's state lives.
+        session.hold_original(token, activated, category)
         return out
 
     @staticmethod
@@ -784,44 +789,11 @@ class _GatedProductFunction(torch.autograd.Function):
         grad_activated = grad_other = None
         with _no_torch_function():
             if ctx.needs_input_grad[0]:
-                grad_activated = grad * other
+                grad_activated = torch.matmul(grad, other.mT) if ctx.matmul else grad * other
             if ctx.needs_input_grad[1]:
-                grad_other = grad * ctx.act(gate)
-        return grad_activated, grad_other, None, None, None, None
-
-
-class _RecomputedLeftMatmul(torch.autograd.Function):
-    """``act(gate) @ other`` where ``act(gate)`` is a dropout's output whose input ``gate`` another op keeps raw
-    anyway (eager attention's ``dropout(softmax(s)) @ v``): the product keeps ``other`` and references to ``gate``
-    and the dropout's bit mask, and recomputes ``act(gate)`` in backward.
-
-    Vanilla keeps the softmax's output (for the softmax), and the dropped
-    probabilities and ``v`` (for the product): two tensors of the attention's
-    ``T x T`` size where this keeps one. Exact, bit for bit: the dropout's
-    output is recomputed with the same ops from the same mask.
-    """
-
-    @staticmethod
-    def forward(ctx, activated, other, gate, act, session):  # type: ignore[override]
-        with _no_torch_function():
-            out = torch.matmul(activated, other)
-        ctx.act = act
-        token = _keep(None)
-        ctx.save_for_backward(other, gate, token)
-        session.hold_original(token, activated, "attention_inputs")
-        return out
-
-    @staticmethod
-    @_first_order
-    def backward(ctx, grad):  # type: ignore[override]
-        other, gate, _ = ctx.saved_tensors
-        grad_activated = grad_other = None
-        with _no_torch_function():
-            if ctx.needs_input_grad[0]:
-                grad_activated = torch.matmul(grad, other.mT)
-            if ctx.needs_input_grad[1]:
-                grad_other = torch.matmul(ctx.act(gate).mT, grad)
-        return grad_activated, grad_other, None, None, None
+                activated = ctx.act(gate)
+                grad_other = torch.matmul(activated.mT, grad) if ctx.matmul else grad * activated
+        return grad_activated, grad_other, None, None, None, None, None, None
 
 
 def _rng_state(device: torch.device) -> torch.Tensor:
@@ -1202,6 +1174,8 @@ class Session:
     def _recomputing(self, module: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
         """``module``'s forward for the step: a recomputed chain or norm (see :func:`recomputed`,
         :func:`recomputed_norm`) where it applies."""
+        names = recomputed_norm(module)  # decided once per step, not per call
+        norm = _with_parameters(module, forward, names) if names else None
 
         @functools.wraps(forward)
         def run(*args: Any, **kwargs: Any) -> Any:
@@ -1216,12 +1190,10 @@ class Session:
                 return forward(*args, **kwargs)
             if self._pending:
                 self.consumed(forward, (x,), {})
-            names = recomputed_norm(module)
-            if names:
+            if norm is not None:
                 params = tuple(getattr(module, name) for name in names)
-                fn = _with_parameters(module, forward, names)
                 compress = self.norm_inputs == "compress"
-                return recompute(self, fn, (x, *params), "norm", compress=compress, exact_inputs=len(params), rms_dims=(-1,))
+                return recompute(self, norm, (x, *params), "norm", compress=compress, exact_inputs=len(params), rms_dims=(-1,))
             compress = self.activation_inputs == "compress"
             out = recompute(self, forward, (x,), "activation", compress=compress)
             self.note_activation(out, (x,), forward)  # x kept (or its stored form): a later op may recompute the output
@@ -1385,7 +1357,7 @@ class Session:
             elif not self._not_counted(kept.x):
                 kept.hold = ledger.hold_raw(kept.x, "norm_inputs")
 
-    # -- activation outputs a product may recompute (see _GatedProductFunction) --
+    # -- activation outputs a product may recompute (see _RecomputedFactorFunction) --
     def note_activation(self, out: torch.Tensor, inputs: tuple[torch.Tensor, ...], fn: Callable[..., torch.Tensor]) -> None:
         """``out = fn(*inputs)`` (an activation, a dropout, a gated product), with ``inputs`` kept by the op that
         made ``out`` (or their stored forms): a later op reading ``out`` may recompute it instead of keeping it."""
@@ -1744,7 +1716,7 @@ def _activation(session: Session, func, args, kwargs):
 
 
 def _product(session: Session, func, args, kwargs):
-    """``a * b`` where one factor is an activation's output (:class:`_GatedProductFunction`); else vanilla."""
+    """``a * b`` where one factor is an activation's output (:class:`_RecomputedFactorFunction`); else vanilla."""
     if kwargs or len(args) != 2 or not all(isinstance(t, torch.Tensor) for t in args):
         return session.call(func, args, kwargs, "other")
     a, b = args
@@ -1761,7 +1733,9 @@ def _product(session: Session, func, args, kwargs):
                 _, name, compressor = session._layer("activation")
                 store = session.storer(name, compressor, "activation_inputs", record=False)
             # a * b and b * a are the same numbers (IEEE products commute), whichever factor is the activation.
-            out = session.call(_GatedProductFunction.apply, (activated, other, gate, act, session, store), {}, "activation_inputs")
+            out = session.call(
+                _RecomputedFactorFunction.apply, (activated, other, gate, act, False, "activation_inputs", session, store), {}, "activation_inputs"
+            )
             if store is None:
                 # Both factors' sources are kept raw: the next layer may recompute the product from them.
                 session.note_activation(out, (other, gate), _gated(act))
@@ -1770,7 +1744,7 @@ def _product(session: Session, func, args, kwargs):
 
 
 def _gated(act: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The product of :class:`_GatedProductFunction` from its kept tensors, with the ops of its forward."""
+    """The product of :class:`_RecomputedFactorFunction` from its kept tensors, with the ops of its forward."""
 
     def product(other: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         return act(gate) * other
@@ -1868,7 +1842,7 @@ def _dropped(bits: BitMask, scale: float) -> Callable[[torch.Tensor], torch.Tens
 
 
 def _matmul(session: Session, func, args, kwargs):
-    """``a @ b`` where ``a`` is a dropout's output over a tensor kept raw (:class:`_RecomputedLeftMatmul`); else vanilla."""
+    """``a @ b`` where ``a`` is a dropout's output over a tensor kept raw (:class:`_RecomputedFactorFunction`); else vanilla."""
     if kwargs or len(args) != 2 or not all(isinstance(t, torch.Tensor) for t in args):
         return session.call(func, args, kwargs, "other")
     a, b = args
@@ -1878,7 +1852,9 @@ def _matmul(session: Session, func, args, kwargs):
         and a.dtype == b.dtype and b.is_floating_point()
     ):
         (gate,), act = found
-        return session.call(_RecomputedLeftMatmul.apply, (a, b, gate, act, session), {}, "attention_inputs")
+        return session.call(
+            _RecomputedFactorFunction.apply, (a, b, gate, act, True, "attention_inputs", session, None), {}, "attention_inputs"
+        )
     return session.call(func, args, kwargs, "other")
 
 
